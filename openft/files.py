@@ -1,0 +1,50 @@
+"""Files: upload (bytes to the blob store, a row to the store), list, retrieve, content, delete."""
+
+from __future__ import annotations
+
+from openft import protocol as p
+from openft import tables as t
+from openft.services import Services
+from openft.errors import InvalidRequest, NotFound
+from openft.ids import new_id, now
+from openft.store import Scope
+
+PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+
+
+def upload(svc: Services, who: Scope, filename: str | None, purpose: str, data: bytes) -> t.File:
+    if purpose not in PURPOSES:
+        raise InvalidRequest(f"Invalid purpose '{purpose}': expected one of {', '.join(sorted(PURPOSES))}.", param="purpose")
+    if not filename or not filename.strip() or filename == "blob":
+        raise InvalidRequest("The uploaded file needs a filename.", param="file")
+    if purpose == "fine-tune" and not filename.endswith(".jsonl"):
+        raise InvalidRequest(f"Fine-tuning files must be .jsonl files; got '{filename}'.", param="file")
+    row = t.File(
+        id=new_id("file"), organization_id=who.org, user=who.user, bytes=len(data), created_at=now(),
+        filename=filename, purpose=purpose, status="processed", blob_key="",
+    )
+    row.blob_key = row.id
+    svc.blobs.put(row.blob_key, data)
+    svc.store.add(row)
+    return row
+
+
+def get(svc: Services, who: Scope, file_id: str) -> t.File:
+    row = svc.store.get_file(who, file_id)
+    if row is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return row
+
+
+def delete(svc: Services, who: Scope, file_id: str) -> p.Deleted:
+    row = get(svc, who, file_id)
+    svc.store.delete_file(row.id)
+    svc.blobs.delete(row.blob_key)
+    return p.Deleted(id=row.id, object="file", deleted=True)
+
+
+def to_wire(row: t.File) -> p.FileObject:
+    return p.FileObject(
+        id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename, purpose=row.purpose,
+        status=row.status,
+    )

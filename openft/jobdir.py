@@ -1,0 +1,114 @@
+"""The process boundary between the service and a training attempt: one job directory.
+
+Both sides import this module and nothing else of each other's (it needs only the standard library).
+
+Layout of ``JOB_DIR``::
+
+    spec.json        written by the service before each attempt: the fully resolved job (see ``Spec`` keys below)
+    control          written by the service: "pause" or "cancel"; the trainer polls it at every optimizer step
+    events.jsonl     appended by the trainer, read by the service from a stored byte offset (one record a line)
+    checkpoints/     Trainer checkpoints (``checkpoint-<step>``) and the final adapter (``final``)
+    results.csv      the per-step metrics table (OpenAI's columns), written by the trainer at the end
+    result.json      written last and atomically by an attempt that ends on its own (see ``write_result``)
+
+``spec.json`` keys: ``job_id``, ``method`` ("supervised"), ``base_model`` (catalog name), ``base_model_path``
+(a local Hugging Face folder), ``training_file`` and ``validation_file`` (local paths or null),
+``hyperparameters`` (resolved numbers: ``n_epochs``, ``batch_size``, ``learning_rate_multiplier``,
+``learning_rate``), ``seed``, ``lora`` (``r``, ``alpha``, ``dropout``), ``max_length``,
+``resume_from`` (a checkpoint directory relative to JOB_DIR, or null), ``attempt`` (1, 2, …).
+
+Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time in float seconds):
+
+* ``{"kind": "message", "level": "info"|"warn"|"error", "message": str, "data": {...}}`` – a job event
+* ``{"kind": "metrics", "message": "Step 3/20: training loss=1.23", "data": {"step", "total_steps",
+  "train_loss", "train_mean_token_accuracy", ["valid_loss", "valid_mean_token_accuracy",
+  "full_valid_loss", "full_valid_mean_token_accuracy"]}}`` – one per optimizer step
+* ``{"kind": "checkpoint", "step": int, "path": "checkpoints/checkpoint-3", "reason": "epoch"|"pause"|"final",
+  "metrics": {...}}`` – a complete, fsync'd checkpoint whose model can be sampled
+* ``{"kind": "progress", "step": int, "total_steps": int, "seconds_per_step": float}`` – for ``estimated_finish``
+
+``result.json``: ``{"status": "succeeded", "trained_tokens": int, "checkpoint": "checkpoints/final",
+"results_csv": "results.csv"}``, ``{"status": "paused", "checkpoint": "checkpoints/checkpoint-N"}``,
+``{"status": "cancelled"}`` or ``{"status": "failed", "error": {"code", "message", "param"}}``.
+An attempt that exits without a result.json died (crash, kill -9, OOM) and is recovered by the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+SPEC = "spec.json"
+CONTROL = "control"
+EVENTS = "events.jsonl"
+CHECKPOINTS = "checkpoints"
+RESULTS_CSV = "results.csv"
+RESULT = "result.json"
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write ``obj`` so that a reader sees either nothing or the whole file, durably."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def append_record(job_dir: Path, record: dict) -> None:
+    """Append one record to events.jsonl, flushed to disk (the service may read it at any moment)."""
+    record = {"ts": time.time(), **record}
+    line = json.dumps(record, separators=(",", ":")) + "\n"
+    with open(job_dir / EVENTS, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(job_dir: Path, offset: int) -> tuple[list[dict], int]:
+    """Records appended since byte ``offset``; returns them and the new offset (a partial last line waits)."""
+    try:
+        with open(job_dir / EVENTS, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n") + 1
+    records = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+    return records, offset + end
+
+
+def read_control(job_dir: Path) -> str | None:
+    try:
+        return (job_dir / CONTROL).read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_control(job_dir: Path, command: str) -> None:
+    tmp = job_dir / (CONTROL + ".tmp")
+    tmp.write_text(command, encoding="utf-8")
+    os.replace(tmp, job_dir / CONTROL)
+
+
+def write_result(job_dir: Path, result: dict) -> None:
+    write_json_atomic(job_dir / RESULT, result)

@@ -1,0 +1,275 @@
+"""The job domain: statuses, the one transition table, create / pause / resume / cancel, and resolving "auto".
+
+Every status write goes through `Store.transition` (compare-and-set in SQL), so racing pause, cancel and finish
+requests cannot corrupt a job: the loser re-reads the job and decides again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+from openft import protocol as p
+from openft import tables as t
+from openft.config import Settings
+from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.ids import new_id, now
+from openft.store import Scope, Store
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+STATUSES = ["validating_files", "queued", "running", "pausing", "paused", *sorted(TERMINAL)]
+
+# (status, action) -> next status. User actions: pause, resume, cancel. The rest are the scheduler's.
+# A pair that is missing is a conflict (409); a pair that maps a status onto itself is an idempotent no-op.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("validating_files", "pause"): "paused",
+    ("queued", "pause"): "paused",
+    ("running", "pause"): "pausing",
+    ("pausing", "pause"): "pausing",
+    ("paused", "pause"): "paused",
+    ("paused", "resume"): "queued",
+    ("paused", "revalidate"): "validating_files",  # resume of a job paused before its files were validated
+    **{(s, "cancel"): "cancelled" for s in ("validating_files", "queued", "running", "pausing", "paused")},
+    ("cancelled", "cancel"): "cancelled",
+    ("validating_files", "validated"): "queued",
+    ("validating_files", "invalid"): "failed",
+    ("queued", "start"): "running",
+    ("running", "succeed"): "succeeded",
+    ("pausing", "succeed"): "succeeded",  # the pause arrived at the last step
+    ("pausing", "paused"): "paused",
+    ("running", "crashed"): "queued",  # a dead attempt is retried from its last checkpoint
+    ("pausing", "crashed"): "paused",  # …or parked there, if the user had asked for a pause
+    ("queued", "fail"): "failed",
+    ("running", "fail"): "failed",
+    ("pausing", "fail"): "failed",
+}
+
+AUTO_LR_MULTIPLIER = 2.0
+HP_LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256)}
+
+
+def next_status(job: t.Job, action: str) -> str:
+    to = TRANSITIONS.get((job.status, action))
+    if to is None:
+        raise Conflict(f"Cannot {action} fine-tuning job {job.id}: its status is {job.status}.")
+    return to
+
+
+# ---- create ----------------------------------------------------------------------------------------------------
+
+
+def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
+    if req.model not in settings.catalog():
+        raise InvalidRequest(
+            f"Model {req.model} is not available for fine-tuning or does not exist.",
+            param="model",
+            code="model_not_available",
+        )
+    _check_file(store, scope, req.training_file, "training_file")
+    if req.validation_file:
+        _check_file(store, scope, req.validation_file, "validation_file")
+    _check_suffix(req.suffix)
+    _check_metadata(req.metadata)
+    method = _normalize_method(req)
+    seed = req.seed if req.seed is not None else random.randint(0, 2147483647)
+    job = t.Job(
+        id=new_id("ftjob"),
+        organization_id=scope.org,
+        user=scope.user,
+        created_at=now(),
+        status="validating_files",
+        model=req.model,
+        training_file=req.training_file,
+        validation_file=req.validation_file,
+        suffix=req.suffix,
+        seed=seed,
+        method=method,
+        hyperparameters=method["supervised"]["hyperparameters"],
+        metadata_=req.metadata,
+        integrations=[i.model_dump(exclude_none=True) for i in req.integrations] if req.integrations else None,
+        result_files=[],
+    )
+    store.add(job)
+    files = f"training file: {req.training_file}"
+    if req.validation_file:
+        files += f" and validation file: {req.validation_file}"
+    store.add_event(job.id, f"Created fine-tuning job: {job.id}")
+    store.add_event(job.id, f"Validating {files}")
+    return store.get_job(None, job.id)
+
+
+def _check_file(store: Store, scope: Scope, file_id: str, param: str) -> None:
+    f = store.get_file(scope, file_id)
+    if f is None:
+        raise InvalidRequest(f"Invalid {param}: no such file {file_id}.", param=param, code="file_not_found")
+    if f.purpose != "fine-tune":
+        raise InvalidRequest(
+            f"Invalid {param}: file {file_id} has purpose '{f.purpose}', expected 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+
+
+def _check_suffix(suffix: str | None) -> None:
+    if suffix is not None and (":" in suffix or not suffix.isprintable()):
+        raise InvalidRequest("suffix may not contain ':' or non-printable characters.", param="suffix")
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    if metadata is None:
+        return
+    if len(metadata) > 16:
+        raise InvalidRequest(f"metadata has {len(metadata)} pairs; at most 16 are allowed.", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            raise InvalidRequest(f"metadata key '{key[:20]}…' is longer than 64 characters.", param="metadata")
+        if len(value) > 512:
+            raise InvalidRequest(f"metadata value of '{key}' is longer than 512 characters.", param="metadata")
+
+
+def _normalize_method(req: p.CreateJobRequest) -> dict:
+    """The method as stored and echoed: always `{"type", "<type>": {"hyperparameters": {...}}}`."""
+    top = req.hyperparameters
+    if req.method is None:
+        hp = top or p.SupervisedHyperparameters()
+        param = "hyperparameters"
+    elif req.method.type != "supervised":
+        raise InvalidRequest(
+            f"Method '{req.method.type}' is not supported by this server yet; use 'supervised'.", param="method.type"
+        )
+    else:
+        section = req.method.supervised.hyperparameters if req.method.supervised else None
+        if top is not None and section is not None and top != section:
+            raise InvalidRequest(
+                "hyperparameters (deprecated) and method.supervised.hyperparameters disagree; send only one.",
+                param="hyperparameters",
+            )
+        hp = section or top or p.SupervisedHyperparameters()
+        param = "method.supervised.hyperparameters"
+    values = hp.model_dump()
+    for name, value in values.items():
+        _check_hyperparameter(f"{param}.{name}", name, value)
+    return {"type": "supervised", "supervised": {"hyperparameters": values}}
+
+
+def _check_hyperparameter(param: str, name: str, value) -> None:
+    if value == "auto":
+        return
+    if value is None:
+        raise InvalidRequest(f"{param} must be 'auto' or a number.", param=param)
+    if name in HP_LIMITS:
+        lo, hi = HP_LIMITS[name]
+        if not (isinstance(value, int) and lo <= value <= hi):
+            raise InvalidRequest(f"{param} must be an integer from {lo} to {hi}, got {value}.", param=param)
+    elif not (value > 0 and math.isfinite(value)):
+        raise InvalidRequest(f"{param} must be a number greater than 0, got {value}.", param=param)
+
+
+# ---- "auto" ----------------------------------------------------------------------------------------------------
+
+
+def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
+    """Turn "auto" into numbers once, from the number of training examples (contract §6).
+
+    n_epochs: OpenAI's heuristic (3, more for small files so that about 100 examples are seen, fewer for huge ones).
+    batch_size: about 0.2 % of the examples, from 1 to 256. learning_rate_multiplier: 2.0 (scales
+    Settings.base_learning_rate).
+    """
+    hp = dict(requested)
+    if hp["n_epochs"] == "auto":
+        n_epochs = 3
+        if n_examples * 3 < 100:
+            n_epochs = min(25, 100 // n_examples)
+        elif n_examples * 3 > 25000:
+            n_epochs = max(1, 25000 // n_examples)
+        hp["n_epochs"] = n_epochs
+    if hp["batch_size"] == "auto":
+        hp["batch_size"] = max(1, min(256, math.ceil(n_examples * 0.002)))
+    if hp["learning_rate_multiplier"] == "auto":
+        hp["learning_rate_multiplier"] = AUTO_LR_MULTIPLIER
+    return hp
+
+
+def total_steps(hp: dict, n_examples: int) -> int:
+    return math.ceil(n_examples / hp["batch_size"]) * hp["n_epochs"]
+
+
+# ---- pause / resume / cancel -----------------------------------------------------------------------------------
+
+
+def get(store: Store, scope: Scope, job_id: str) -> t.Job:
+    job = store.get_job(scope, job_id)
+    if job is None:
+        raise NotFound(f"Could not find fine tune: {job_id}", param="fine_tune_id", code="fine_tune_not_found")
+    return job
+
+
+def act(store: Store, scope: Scope, job_id: str, action: str) -> t.Job:
+    """Apply a user action (pause, resume, cancel) with compare-and-set; a lost race re-reads and decides again."""
+    for _ in range(20):
+        job = get(store, scope, job_id)
+        if action == "resume" and job.status == "paused" and not job.validated:
+            action = "revalidate"
+        to = next_status(job, action)
+        if to == job.status:
+            return job
+        fields, message = _effects(job, to)
+        if store.transition(job.id, job.status, to, [{"message": message}], **fields):
+            return get(store, scope, job_id)
+    raise Conflict(f"Fine-tuning job {job_id} is changing status; try again.")
+
+
+def _effects(job: t.Job, to: str) -> tuple[dict, str]:
+    if to == "cancelled":
+        return {"finished_at": now(), "estimated_finish": None, "cancel_requested_at": time.time()}, "Job cancelled"
+    if to == "pausing":
+        return {}, "Pause requested: the job pauses after the current step and saves a checkpoint"
+    if to == "paused":
+        return {"estimated_finish": None}, "Job paused"
+    return {}, "Job resumed, moving job to queued state" if to == "queued" else "Job resumed, validating files"
+
+
+# ---- wire ------------------------------------------------------------------------------------------------------
+
+
+def to_wire(job: t.Job) -> p.FineTuningJob:
+    return p.FineTuningJob(
+        id=job.id,
+        created_at=job.created_at,
+        model=job.model,
+        organization_id=job.organization_id,
+        status=job.status,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        hyperparameters=job.hyperparameters,
+        method=job.method,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        estimated_finish=job.estimated_finish if job.status == "running" else None,
+        result_files=job.result_files or [],
+        trained_tokens=job.trained_tokens,
+        seed=job.seed,
+        error=job.error,
+        integrations=job.integrations,
+        metadata=job.metadata_,
+        suffix=job.suffix,
+        user_provided_suffix=job.suffix,
+    )
+
+
+def event_to_wire(ev: t.Event) -> p.JobEvent:
+    return p.JobEvent(
+        id=ev.id, created_at=ev.created_at, level=ev.level, message=ev.message, type=ev.type, data=ev.data
+    )
+
+
+def checkpoint_to_wire(c: t.Checkpoint) -> p.JobCheckpoint:
+    return p.JobCheckpoint(
+        id=c.id,
+        created_at=c.created_at,
+        fine_tuned_model_checkpoint=c.model_name,
+        fine_tuning_job_id=c.job_id,
+        step_number=c.step_number,
+        metrics=c.metrics,
+    )

@@ -1,0 +1,14 @@
+"""Alembic environment: runs the migrations in versions/ against the URL that openft.store.migrate passes."""
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from openft.tables import Base
+
+url = context.config.get_main_option("sqlalchemy.url")
+engine = create_engine(url)
+with engine.connect() as connection:
+    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=url.startswith("sqlite"))
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()

@@ -1,0 +1,163 @@
+"""Wire models: requests and responses exactly as OpenAI shapes them (contract §2, §8). No storage concerns here."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+Auto = Union[Literal["auto"], int, None]
+AutoFloat = Union[Literal["auto"], float, None]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- requests ------------------------------------------------------------------------------------------------
+
+
+class SupervisedHyperparameters(Strict):
+    batch_size: Auto = "auto"
+    learning_rate_multiplier: AutoFloat = "auto"
+    n_epochs: Auto = "auto"
+
+
+class DpoHyperparameters(SupervisedHyperparameters):
+    beta: AutoFloat = "auto"
+
+
+class MethodSection(Strict):
+    hyperparameters: SupervisedHyperparameters | None = None
+
+
+class DpoSection(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class Method(Strict):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: MethodSection | None = None
+    dpo: DpoSection | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class WandbIntegration(BaseModel):
+    project: str
+    name: str | None = None
+    entity: str | None = None
+    tags: list[str] | None = None
+
+
+class Integration(Strict):
+    type: Literal["wandb"]
+    wandb: WandbIntegration
+
+
+class CreateJobRequest(Strict):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    seed: int | None = Field(None, ge=0, le=2147483647)
+    hyperparameters: SupervisedHyperparameters | None = None
+    method: Method | None = None
+    integrations: list[Integration] | None = Field(None, max_length=5)
+    metadata: dict[str, str] | None = None
+
+
+# ---- responses -----------------------------------------------------------------------------------------------
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    model: str
+    organization_id: str
+    status: str
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    fine_tuned_model: str | None
+    finished_at: int | None
+    estimated_finish: int | None
+    result_files: list[str]
+    trained_tokens: int | None
+    seed: int
+    error: JobError | None
+    integrations: list[dict[str, Any]] | None
+    metadata: dict[str, str] | None
+    suffix: str | None
+    user_provided_suffix: str | None
+
+
+class JobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None
+
+
+class JobCheckpoint(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, float | None]
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+
+
+class IdPage(Page[T], Generic[T]):
+    """Lists that carry first_id / last_id (files, checkpoints)."""
+
+    first_id: str | None
+    last_id: str | None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

@@ -1,0 +1,303 @@
+"""The scheduler: validates files, starts queued jobs on an executor, ingests what attempts report, applies pause
+and cancel, and recovers attempts that died. One `tick()` does all of it, top to bottom; the API process runs ticks
+in a background thread. One scheduler per database.
+
+Invariant: a job is `running` or `pausing` only while an attempt runs for it. An attempt that exits without
+result.json (kill -9, OOM, a service restart that lost it) is re-queued from its last resumable checkpoint, at most
+`max_attempts` times, each with an event; after that the job fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from openft import jobdir, jobs, validation
+from openft import tables as t
+from openft.blobs import Blobs
+from openft.config import Settings
+from openft.ids import checkpoint_model_name, fine_tuned_model_name, new_id, now, short_id
+from openft.store import Store
+
+log = logging.getLogger("openft.scheduler")
+KEEP_EPOCH_CHECKPOINTS = 3
+
+
+class Scheduler:
+    def __init__(self, store: Store, blobs: Blobs, settings: Settings, executor):
+        self.store, self.blobs, self.settings, self.executor = store, blobs, settings, executor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---- the loop --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="openft-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not stop the scheduler; the next one retries
+                log.exception("scheduler tick failed")
+            self._stop.wait(self.settings.scheduler_interval)
+
+    def tick(self) -> None:
+        for job in self.store.jobs_in("validating_files"):
+            self.validate(job)
+        for job in self.store.live_jobs():
+            self.reconcile(job)
+        self.start_queued()
+
+    # ---- validating_files → queued | failed ------------------------------------------------------------------
+
+    def validate(self, job: t.Job) -> None:
+        report = self._check(job.training_file, "training_file", self.settings.min_examples)
+        if report.error is None and job.validation_file:
+            checked = self._check(job.validation_file, "validation_file", 1)
+            report = checked if checked.error else report
+        if report.error:
+            event = {"message": report.error["message"], "level": "error"}
+            self.store.transition(job.id, "validating_files", "failed", [event], error=report.error, finished_at=now())
+            return
+        hp = jobs.resolve_hyperparameters(job.method["supervised"]["hyperparameters"], report.n_examples)
+        method = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+        steps = jobs.total_steps(hp, report.n_examples)
+        lr = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
+        events = [
+            {"message": f"Files validated: {report.n_examples} training examples"},
+            {
+                "message": f"Hyperparameters: n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
+                f"learning_rate_multiplier={hp['learning_rate_multiplier']} (learning rate {lr:g}, {steps} steps)",
+                "data": {**hp, "learning_rate": lr, "total_steps": steps},
+            },
+            {"message": "Files validated, moving job to queued state"},
+        ]
+        self.store.transition(
+            job.id, "validating_files", "queued", events,
+            validated=True, n_examples=report.n_examples, hyperparameters=hp, method=method,
+        )
+
+    def _check(self, file_id: str, param: str, min_examples: int) -> validation.ValidationReport:
+        key = self.store.file_blob_key(file_id)
+        try:
+            data = self.blobs.get(key) if key else None
+        except FileNotFoundError:
+            data = None
+        if data is None:
+            code = f"invalid_{param}"
+            error = {"code": code, "param": param, "message": f"File {file_id} no longer exists."}
+            return validation.ValidationReport(n_examples=0, format=None, error=error)
+        return validation.validate_training_file(data, param=param, min_examples=min_examples)
+
+    # ---- queued → running ------------------------------------------------------------------------------------
+
+    def start_queued(self) -> None:
+        busy = len(self.store.live_jobs())
+        for job in self.store.jobs_in("queued"):
+            if busy >= self.settings.max_concurrent_jobs:
+                return
+            attempt = job.attempt + 1
+            if not self.store.transition(job.id, "queued", "running", attempt=attempt, worker=None):
+                continue
+            busy += 1
+            try:
+                handle = self.executor.start(self._prepare(job, attempt), attempt)
+            except Exception as exc:
+                log.exception("could not start %s", job.id)
+                error = {"code": "server_error", "param": None, "message": f"Could not start training: {exc}"}
+                self.store.transition(job.id, "running", "failed", [{"message": error["message"], "level": "error"}],
+                                      error=error, finished_at=now())
+                continue
+            self.store.set_worker(job.id, handle)
+
+    def _prepare(self, job: t.Job, attempt: int) -> Path:
+        """Write the job directory for one attempt: data files (once), a fresh spec.json, no stale control/result."""
+        job_dir = self.settings.jobs_dir / job.id
+        job_dir.mkdir(parents=True, exist_ok=True)
+        for name in (jobdir.RESULT, jobdir.CONTROL):
+            (job_dir / name).unlink(missing_ok=True)
+        files = {"training_file": job.training_file, "validation_file": job.validation_file}
+        paths = {}
+        for param, file_id in files.items():
+            if file_id:
+                dest = job_dir / f"{param}.jsonl"
+                if not dest.exists():
+                    self.blobs.local_copy(self.store.file_blob_key(file_id), str(dest))
+                paths[param] = str(dest)
+        hp = dict(job.hyperparameters)
+        hp["learning_rate"] = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
+        spec = {
+            "job_id": job.id,
+            "method": job.method["type"],
+            "base_model": job.model,
+            "base_model_path": str(self.settings.catalog()[job.model]),
+            "training_file": paths["training_file"],
+            "validation_file": paths.get("validation_file"),
+            "hyperparameters": hp,
+            "seed": job.seed,
+            "lora": {"r": self.settings.lora_r, "alpha": self.settings.lora_alpha, "dropout": self.settings.lora_dropout},
+            "max_length": self.settings.max_length,
+            "resume_from": job.resume_from,
+            "attempt": attempt,
+        }
+        jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
+        return job_dir
+
+    # ---- running / pausing / cancelled attempts --------------------------------------------------------------
+
+    def reconcile(self, job: t.Job) -> None:
+        job_dir = self.settings.jobs_dir / job.id
+        if job.status == "cancelled":
+            return self._stop_cancelled(job, job_dir)
+        if job.worker is None:  # started, but the handle was never recorded (the service died in between)
+            return self._recover(job, job_dir, "the service stopped while starting it")
+        if job.status == "pausing" and jobdir.read_control(job_dir) != "pause":
+            self.executor.signal(job_dir, "pause")
+        alive = self.executor.poll(job.worker) == "running"
+        self.ingest(job, job_dir)
+        if alive:
+            return
+        job = self.store.get_job(None, job.id)
+        self.ingest(job, job_dir)  # whatever it wrote between the poll and its exit
+        job = self.store.get_job(None, job.id)
+        result = jobdir.read_json(job_dir / jobdir.RESULT)
+        if result is None:
+            self._recover(job, job_dir, "it exited without a result")
+        elif result["status"] == "succeeded":
+            self._succeed(job, job_dir, result)
+        elif result["status"] == "paused":
+            step = int(Path(result["checkpoint"]).name.rsplit("-", 1)[-1])
+            self.store.transition(job.id, "pausing", "paused", [{"message": f"Job paused at step {step}"}],
+                                  resume_from=result["checkpoint"], worker=None, estimated_finish=None)
+        else:
+            error = result.get("error") or {"code": "server_error", "param": None, "message": "Training failed"}
+            self.store.transition(job.id, job.status, "failed", [{"message": error["message"], "level": "error"}],
+                                  error=error, finished_at=now(), worker=None, estimated_finish=None)
+
+    def _stop_cancelled(self, job: t.Job, job_dir: Path) -> None:
+        if self.executor.poll(job.worker) == "running":
+            self.executor.signal(job_dir, "cancel")
+            if time.time() - (job.cancel_requested_at or 0) > self.settings.cancel_grace_seconds:
+                self.executor.kill(job.worker)
+            return
+        # Cancelled jobs keep no checkpoints.
+        self.store.delete_checkpoints([c.id for c in self.store.checkpoints_of(job.id)])
+        shutil.rmtree(job_dir / jobdir.CHECKPOINTS, ignore_errors=True)
+        self.store.set_worker(job.id, None)
+
+    def _recover(self, job: t.Job, job_dir: Path, why: str) -> None:
+        crashes = job.crashes + 1
+        if crashes >= self.settings.max_attempts:
+            message = f"Training failed: attempt {job.attempt} {why}, and {crashes} attempts have failed this way."
+            tail = _log_tail(job_dir / f"attempt-{job.attempt}.log")
+            error = {"code": "server_error", "param": None, "message": message + (f" Last output: {tail}" if tail else "")}
+            self.store.transition(job.id, job.status, "failed", [{"message": message, "level": "error"}],
+                                  error=error, finished_at=now(), worker=None, crashes=crashes)
+            return
+        resume = self._last_resumable(job)
+        where = f"from the checkpoint at step {resume.step_number}" if resume else "from the beginning"
+        then = "paused there (a pause was requested)" if job.status == "pausing" else "re-queued"
+        message = (
+            f"Training attempt {job.attempt} {why}; {then}, resuming {where} "
+            f"(recovery {crashes} of {self.settings.max_attempts - 1})"
+        )
+        resume_from = os.path.relpath(resume.path, job_dir) if resume else None
+        self.store.transition(job.id, job.status, jobs.next_status(job, "crashed"), [{"message": message, "level": "warn"}],
+                              worker=None, crashes=crashes, resume_from=resume_from, estimated_finish=None)
+
+    def _last_resumable(self, job: t.Job) -> t.Checkpoint | None:
+        """The newest checkpoint that carries the full trainer state (epoch or pause, never the final adapter)."""
+        done = [c for c in self.store.checkpoints_of(job.id) if c.reason in ("epoch", "pause")]
+        done = [c for c in done if (Path(c.path) / "trainer_state.json").exists()]
+        return max(done, key=lambda c: c.step_number, default=None)
+
+    def _succeed(self, job: t.Job, job_dir: Path, result: dict) -> None:
+        final = next((c for c in self.store.checkpoints_of(job.id) if c.reason == "final"), None)
+        if final is None:
+            return self._recover(job, job_dir, "reported success without a final checkpoint")
+        results_file = self._store_results(job, job_dir / result.get("results_csv", jobdir.RESULTS_CSV))
+        events = [
+            {"message": f"New fine-tuned model created: {final.model_name}"},
+            {"message": "The job has successfully completed"},
+        ]
+        self.store.transition(
+            job.id, job.status, "succeeded", events,
+            fine_tuned_model=final.model_name, trained_tokens=result.get("trained_tokens"), finished_at=now(),
+            result_files=[results_file] if results_file else [], worker=None, estimated_finish=None,
+        )
+
+    def _store_results(self, job: t.Job, csv_path: Path) -> str | None:
+        if not csv_path.exists():
+            return None
+        data = csv_path.read_bytes()
+        file_id = new_id("file")
+        self.blobs.put(file_id, data)
+        self.store.add(t.File(
+            id=file_id, organization_id=job.organization_id, user=job.user, bytes=len(data), created_at=now(),
+            filename="step_metrics.csv", purpose="fine-tune-results", status="processed", blob_key=file_id,
+        ))
+        return file_id
+
+    # ---- ingest ----------------------------------------------------------------------------------------------
+
+    def ingest(self, job: t.Job, job_dir: Path) -> None:
+        """Copy new records of events.jsonl into events, checkpoints and estimated_finish, in one transaction."""
+        records, offset = jobdir.read_records(job_dir, job.events_offset)
+        if not records:
+            return
+        events, checkpoints, fields = [], [], {}
+        for r in records:
+            if r["kind"] == "message":
+                events.append({"message": r["message"], "level": r.get("level", "info"), "data": r.get("data"), "ts": r["ts"]})
+            elif r["kind"] == "metrics":
+                events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})
+            elif r["kind"] == "checkpoint":
+                row = self._checkpoint_row(job, job_dir, r)
+                checkpoints.append(row)
+                events.append({"message": f"Checkpoint created at step {row.step_number} with Snapshot ID: {row.model_name}", "ts": r["ts"]})
+            elif r["kind"] == "progress":
+                remaining = (r["total_steps"] - r["step"]) * r["seconds_per_step"]
+                fields["estimated_finish"] = int(r["ts"] + remaining)
+        if self.store.ingest(job.id, job.status, offset, events, checkpoints, **fields):
+            if any(c.reason == "epoch" for c in checkpoints):
+                self._rotate(job, job_dir)
+
+    def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
+        if r["reason"] == "final":
+            name = fine_tuned_model_name(job.model, job.organization_id, job.suffix, short_id())
+        else:
+            name = checkpoint_model_name(job.model, job.organization_id, job.suffix, r["step"])
+        metrics = {"step": float(r["step"]), **(r.get("metrics") or {})}
+        return t.Checkpoint(
+            id=new_id("ftckpt"), job_id=job.id, organization_id=job.organization_id, created_at=int(r["ts"]),
+            model_name=name, step_number=r["step"], metrics=metrics, reason=r["reason"], path=str(job_dir / r["path"]),
+        )
+
+    def _rotate(self, job: t.Job, job_dir: Path) -> None:
+        """Keep the checkpoints of the last 3 epochs, as OpenAI does (pause checkpoints are kept)."""
+        epochs = [c for c in self.store.checkpoints_of(job.id) if c.reason == "epoch"]
+        old = epochs[:-KEEP_EPOCH_CHECKPOINTS]
+        resume = str(job_dir / job.resume_from) if job.resume_from else None
+        old = [c for c in old if c.path != resume]
+        self.store.delete_checkpoints([c.id for c in old])
+        for c in old:
+            shutil.rmtree(c.path, ignore_errors=True)
+
+
+def _log_tail(path: Path, limit: int = 500) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return ""
+    return lines[-1][-limit:] if lines else ""

@@ -1,0 +1,220 @@
+"""The only SQL: rows in, rows out, status changes as compare-and-set. SQLite by default, PostgreSQL by URL.
+
+Rows returned are detached ORM objects (expire_on_commit=False), safe to read after their session closes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from openft import tables as t
+from openft.ids import new_id, now
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who is asking: an organization, and optionally the end user it acts for (X-On-Behalf-Of)."""
+
+    org: str
+    user: str | None = None
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record):  # WAL lets the API read while the scheduler writes
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _scoped(stmt, table, scope: Scope):
+    stmt = stmt.where(table.organization_id == scope.org)
+    return stmt.where(table.user == scope.user) if scope.user is not None else stmt
+
+
+def _page(session: Session, stmt, table, after: str | None, limit: int, newest_first: bool = True):
+    """Cursor paging by `seq`: the rows after the row whose id is `after`, and whether more follow."""
+    if after is not None:
+        anchor = session.scalar(select(table.seq).where(table.id == after))
+        if anchor is not None:
+            stmt = stmt.where(table.seq < anchor if newest_first else table.seq > anchor)
+    stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)
+    rows = list(session.scalars(stmt))
+    return rows[:limit], len(rows) > limit
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # ---- keys ----
+    def add_key(self, org: str, key: str) -> None:
+        with self.session.begin() as s:
+            s.add(t.ApiKey(id=new_id("key"), organization_id=org, key_hash=hash_key(key), created_at=now()))
+
+    def org_for_key(self, key: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(t.ApiKey.organization_id).where(t.ApiKey.key_hash == hash_key(key)))
+
+    def has_keys(self) -> bool:
+        with self.session() as s:
+            return s.scalar(select(t.ApiKey.seq).limit(1)) is not None
+
+    # ---- files ----
+    def add(self, row) -> None:
+        with self.session.begin() as s:
+            s.add(row)
+
+    def get_file(self, scope: Scope, file_id: str) -> t.File | None:
+        with self.session() as s:
+            stmt = _scoped(select(t.File).where(t.File.id == file_id, t.File.deleted.is_(False)), t.File, scope)
+            return s.scalar(stmt)
+
+    def list_files(self, scope: Scope, after, limit, order, purpose):
+        with self.session() as s:
+            stmt = _scoped(select(t.File).where(t.File.deleted.is_(False)), t.File, scope)
+            if purpose:
+                stmt = stmt.where(t.File.purpose == purpose)
+            return _page(s, stmt, t.File, after, limit, newest_first=(order == "desc"))
+
+    def delete_file(self, file_id: str) -> None:
+        with self.session.begin() as s:
+            s.execute(update(t.File).where(t.File.id == file_id).values(deleted=True))
+
+    def file_blob_key(self, file_id: str) -> str | None:
+        """The bytes of a file, whoever owns it (the scheduler validates files of every organization)."""
+        with self.session() as s:
+            return s.scalar(select(t.File.blob_key).where(t.File.id == file_id))
+
+    # ---- jobs ----
+    def get_job(self, scope: Scope | None, job_id: str) -> t.Job | None:
+        with self.session() as s:
+            stmt = select(t.Job).where(t.Job.id == job_id)
+            return s.scalar(_scoped(stmt, t.Job, scope) if scope else stmt)
+
+    def list_jobs(self, scope: Scope, after, limit, metadata: dict[str, str] | None, metadata_null: bool):
+        with self.session() as s:
+            stmt = _scoped(select(t.Job), t.Job, scope)
+            if metadata_null:
+                stmt = stmt.where(t.Job.metadata_.is_(None))
+            if not metadata:
+                return _page(s, stmt, t.Job, after, limit)
+            rows, _ = _page(s, stmt, t.Job, after, 10**9)
+            # JSON containment differs by dialect; metadata holds at most 16 pairs, so filter here.
+            rows = [r for r in rows if r.metadata_ and all(r.metadata_.get(k) == v for k, v in metadata.items())]
+            return rows[:limit], len(rows) > limit
+
+    def jobs_in(self, *statuses: str) -> list[t.Job]:
+        with self.session() as s:
+            return list(s.scalars(select(t.Job).where(t.Job.status.in_(statuses)).order_by(t.Job.seq)))
+
+    def live_jobs(self) -> list[t.Job]:
+        """Jobs that have, or should have, an attempt: running, pausing, or cancelled with a worker still alive."""
+        with self.session() as s:
+            stmt = select(t.Job).where(
+                t.Job.status.in_(("running", "pausing")) | t.Job.worker.is_not(None)
+            ).order_by(t.Job.seq)
+            return list(s.scalars(stmt))
+
+    def set_worker(self, job_id: str, handle: dict | None) -> None:
+        with self.session.begin() as s:
+            s.execute(update(t.Job).where(t.Job.id == job_id).values(worker=handle))
+
+    def transition(self, job_id: str, frm: str, to: str, events: list[dict] = (), **fields) -> bool:
+        """Compare-and-set the status (and other fields) with the events it causes, in one transaction."""
+        with self.session.begin() as s:
+            result = s.execute(
+                update(t.Job).where(t.Job.id == job_id, t.Job.status == frm).values(status=to, **fields)
+            )
+            if result.rowcount != 1:
+                return False
+            for ev in events:
+                s.add(_event_row(job_id, ev))
+            return True
+
+    def ingest(self, job_id: str, status: str, offset: int, events: list[dict], checkpoints: list[t.Checkpoint],
+               **fields) -> bool:
+        """Record what an attempt reported up to byte `offset` of its events file, atomically."""
+        with self.session.begin() as s:
+            result = s.execute(
+                update(t.Job).where(t.Job.id == job_id, t.Job.status == status).values(events_offset=offset, **fields)
+            )
+            if result.rowcount != 1:
+                return False
+            s.add_all([_event_row(job_id, ev) for ev in events] + list(checkpoints))
+            return True
+
+    # ---- events and checkpoints ----
+    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
+        with self.session.begin() as s:
+            s.add(_event_row(job_id, {"message": message, "level": level, "type": type, "data": data}))
+
+    def list_events(self, job_id: str, after, limit):
+        with self.session() as s:
+            return _page(s, select(t.Event).where(t.Event.job_id == job_id), t.Event, after, limit)
+
+    def list_checkpoints(self, job_id: str, after, limit):
+        with self.session() as s:
+            return _page(s, select(t.Checkpoint).where(t.Checkpoint.job_id == job_id), t.Checkpoint, after, limit)
+
+    def checkpoints_of(self, job_id: str) -> list[t.Checkpoint]:
+        with self.session() as s:
+            stmt = select(t.Checkpoint).where(t.Checkpoint.job_id == job_id).order_by(t.Checkpoint.seq)
+            return list(s.scalars(stmt))
+
+    def delete_checkpoints(self, ids: list[str]) -> None:
+        with self.session.begin() as s:
+            for row in s.scalars(select(t.Checkpoint).where(t.Checkpoint.id.in_(ids))):
+                s.delete(row)
+
+    def org_models(self, org: str) -> list[t.Checkpoint]:
+        with self.session() as s:
+            stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org).order_by(t.Checkpoint.seq)
+            return list(s.scalars(stmt))
+
+    def model_by_name(self, org: str, name: str) -> t.Checkpoint | None:
+        with self.session() as s:
+            stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org, t.Checkpoint.model_name == name)
+            return s.scalar(stmt)
+
+
+def _event_row(job_id: str, ev: dict) -> t.Event:
+    return t.Event(
+        id=new_id("ftevent"),
+        job_id=job_id,
+        created_at=int(ev.get("ts") or now()),
+        level=ev.get("level", "info"),
+        message=ev["message"],
+        type=ev.get("type", "message"),
+        data=ev.get("data") if ev.get("data") is not None else {},
+    )

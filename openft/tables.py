@@ -1,0 +1,107 @@
+"""Table rows (SQLAlchemy 2 declarative). Wire shapes live in protocol.py; these are storage only.
+
+Every table has an integer `seq` primary key that orders rows for cursor pagination, and a public string `id`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger keeps room on PostgreSQL.
+SeqType = BigInteger().with_variant(Integer, "sqlite")
+
+
+# Python None is stored as SQL NULL (not the JSON text 'null'), so `IS NULL` filters work.
+NullableJSON = JSON(none_as_null=True)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class File(Base):
+    __tablename__ = "files"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(150))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    blob_key: Mapped[str] = mapped_column(Text)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(150))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(Text)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[dict] = mapped_column(NullableJSON)  # as requested, "auto" until resolved
+    hyperparameters: Mapped[dict] = mapped_column(NullableJSON)
+    metadata_: Mapped[dict | None] = mapped_column("metadata", NullableJSON)
+    integrations: Mapped[list | None] = mapped_column(NullableJSON)
+    fine_tuned_model: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    result_files: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[dict | None] = mapped_column(NullableJSON)
+    # Scheduler bookkeeping (never on the wire).
+    validated: Mapped[bool] = mapped_column(Boolean, default=False)
+    n_examples: Mapped[int | None] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[dict | None] = mapped_column(NullableJSON)  # the executor's handle of the live attempt
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    resume_from: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Event(Base):
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict | None] = mapped_column(NullableJSON)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"), index=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    model_name: Mapped[str] = mapped_column(Text, unique=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict] = mapped_column(NullableJSON)
+    reason: Mapped[str] = mapped_column(String(16))  # epoch | pause | final
+    path: Mapped[str] = mapped_column(Text)  # absolute directory of the weights
+
+
+Index("ix_events_job_seq", Event.job_id, Event.seq)
