@@ -103,7 +103,7 @@ class Scheduler:
     # ---- queued → running ------------------------------------------------------------------------------------
 
     def start_queued(self) -> None:
-        busy = len(self.store.live_jobs())
+        busy = sum(1 for j in self.store.live_jobs() if j.status != "cancelled" or j.worker)
         for job in self.store.jobs_in("queued"):
             if busy >= self.settings.max_concurrent_jobs:
                 return
@@ -186,7 +186,7 @@ class Scheduler:
                                   error=error, finished_at=now(), worker=None, estimated_finish=None)
 
     def _stop_cancelled(self, job: t.Job, job_dir: Path) -> None:
-        if self.executor.poll(job.worker) == "running":
+        if job.worker and self.executor.poll(job.worker) == "running":
             self.executor.signal(job_dir, "cancel")
             if time.time() - (job.cancel_requested_at or 0) > self.settings.cancel_grace_seconds:
                 self.executor.kill(job.worker)
@@ -194,7 +194,7 @@ class Scheduler:
         # Cancelled jobs keep no checkpoints.
         self.store.delete_checkpoints([c.id for c in self.store.checkpoints_of(job.id)])
         shutil.rmtree(job_dir / jobdir.CHECKPOINTS, ignore_errors=True)
-        self.store.set_worker(job.id, None)
+        self.store.transition(job.id, "cancelled", "cancelled", worker=None, cancel_requested_at=None)
 
     def _recover(self, job: t.Job, job_dir: Path, why: str) -> None:
         crashes = job.crashes + 1

@@ -139,10 +139,11 @@ class Store:
             return list(s.scalars(select(t.Job).where(t.Job.status.in_(statuses)).order_by(t.Job.seq)))
 
     def live_jobs(self) -> list[t.Job]:
-        """Jobs that have, or should have, an attempt: running, pausing, or cancelled with a worker still alive."""
+        """Jobs that have, or should have, an attempt (running, pausing), and cancelled jobs not yet cleaned up."""
         with self.session() as s:
+            cleanup = (t.Job.status == "cancelled") & t.Job.cancel_requested_at.is_not(None)
             stmt = select(t.Job).where(
-                t.Job.status.in_(("running", "pausing")) | t.Job.worker.is_not(None)
+                t.Job.status.in_(("running", "pausing")) | t.Job.worker.is_not(None) | cleanup
             ).order_by(t.Job.seq)
             return list(s.scalars(stmt))
 
