@@ -1,0 +1,231 @@
+"""Training rows → token ids and labels: OpenAI's SFT data formats rendered through the model's chat template.
+
+Owns the answer to "which tokens does the model see, and which does it learn to produce":
+
+* Chat rows ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}`` (contract §4.1) are rendered
+  with the tokenizer's chat template. Labels cover each assistant turn whose ``weight`` is not 0 (default 1):
+  the turn's text up to and including its end-of-turn marker (``<|im_end|>`` in ChatML), but not the role
+  header before it nor the whitespace after it. System, developer, user and tool turns are never trained.
+* Legacy rows ``{"prompt", "completion"}`` (contract §4.2) are plain text: ``prompt`` then ``completion`` plus the
+  EOS token (so the model learns to stop, as TRL does for prompt–completion data); only the completion and EOS
+  are trained.
+* Rows longer than ``max_length`` tokens are truncated from the end, as OpenAI does.
+
+Tools. When the template renders ``tools`` and ``tool_calls`` itself (checked once with a probe), rows go to it
+natively, with ``arguments`` parsed into objects as Hugging Face templates expect. Otherwise (SmolLM2's plain
+ChatML template, for one) this module renders them as text in the widely used Hermes style, which the inference
+side must reproduce (``to_template_messages`` is importable without torch):
+tool definitions go into the system turn inside ``<tools>…</tools>``, each call is appended to the assistant text
+as ``<tool_call>{"name": …, "arguments": {…}}</tool_call>``, and a tool result is a ``tool`` turn whose content is
+wrapped in ``<tool_response>…</tool_response>``. ``developer`` turns become ``system`` turns, and the legacy
+``functions``/``function_call``/``function`` forms map onto tools the same way. ``parallel_tool_calls`` does not
+change the rendering.
+
+Rows have been validated by the service; this module assumes a valid structure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+IGNORE = -100  # the label of a token the loss skips (the value PyTorch and transformers use)
+
+TOOLS_PREAMBLE = (
+    "You can call the functions described below. To call one, reply with a JSON object inside "
+    '<tool_call></tool_call> tags: <tool_call>{"name": <function name>, "arguments": <arguments object>}'
+    "</tool_call>. Function results come back inside <tool_response></tool_response> tags.\n<tools>\n"
+)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def tokenize_file(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[dict], int]:
+    """Every row of a JSONL file as ``{"input_ids", "labels"}``; also returns how many rows were truncated."""
+    examples, truncated = [], 0
+    for row in read_jsonl(path):
+        example = tokenize_row(row, tokenizer)
+        if max_length is not None and len(example["input_ids"]) > max_length:
+            example = {key: ids[:max_length] for key, ids in example.items()}
+            truncated += 1
+        examples.append(example)
+    return examples, truncated
+
+
+def tokenize_row(row: dict, tokenizer) -> dict:
+    """One training row as ``{"input_ids": [...], "labels": [...]}`` (labels are ``IGNORE`` where not trained)."""
+    if "messages" in row:
+        return _tokenize_chat(row, tokenizer)
+    return _tokenize_prompt_completion(row, tokenizer)
+
+
+def _tokenize_prompt_completion(row: dict, tokenizer) -> dict:
+    # Tokenised apart, as at inference time, where the prompt is tokenised alone and the completion generated.
+    prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": prompt + completion, "labels": [IGNORE] * len(prompt) + completion}
+
+
+def _tokenize_chat(row: dict, tokenizer) -> dict:
+    text, spans = render_chat(row, tokenizer)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    input_ids = encoding["input_ids"]
+    # A token belongs to the span its first character falls in (a multi-byte character's pieces share offsets).
+    labels = [
+        token if any(start <= begin < end for start, end in spans) else IGNORE
+        for token, (begin, _) in zip(input_ids, encoding["offset_mapping"], strict=True)
+    ]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def render_chat(row: dict, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans to train on (one per trained assistant turn)."""
+    messages, tools = to_template_messages(row, native_tools=template_renders_tools(tokenizer))
+    trained = [m["role"] == "assistant" and m.get("weight", 1) != 0 for m in row["messages"]]
+    # to_template_messages maps messages one to one, except for a system turn it may prepend for tools.
+    trained = [False] * (len(messages) - len(trained)) + trained
+
+    def render(prefix: list[dict]) -> str:
+        return tokenizer.apply_chat_template(prefix, tools=tools, tokenize=False)
+
+    text = render(messages)
+    header = generation_header(tokenizer)
+    spans = [_assistant_span(render, messages, k, text, header) for k, train in enumerate(trained) if train]
+    return text, spans
+
+
+def _assistant_span(render, messages: list[dict], k: int, text: str, header: str) -> tuple[int, int]:
+    """Where assistant turn ``k``'s own text (with its end-of-turn marker) lies in the full rendering ``text``."""
+    through_turn = render(messages[: k + 1])
+    if not text.startswith(through_turn):
+        raise ValueError(
+            "the model's chat template renders a conversation prefix differently from the whole conversation, "
+            "so assistant turns cannot be located for loss masking"
+        )
+    if header and header in through_turn:
+        start = through_turn.rfind(header) + len(header)  # the turn's own header is the last one
+    else:  # no recognisable header: train the whole turn
+        start = len(render(messages[:k])) if k else 0
+    # The turn ends at its end-of-turn marker; the newline a template puts after it is not generated by the model.
+    return start, len(through_turn.rstrip())
+
+
+def to_template_messages(row: dict, native_tools: bool) -> tuple[list[dict], list[dict] | None]:
+    """OpenAI-format messages (and tools) as chat-template input; see the module docstring for the rendering."""
+    tools = list(row.get("tools") or [])
+    tools += [{"type": "function", "function": f} for f in row.get("functions") or []]
+    messages = [_template_message(m, native_tools) for m in row["messages"]]
+    if not tools or native_tools:
+        return messages, (tools or None)
+    definitions = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    tools_text = TOOLS_PREAMBLE + definitions + "\n</tools>"
+    if messages[0]["role"] == "system":
+        messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + tools_text}
+    else:
+        messages.insert(0, {"role": "system", "content": tools_text})
+    return messages, None
+
+
+def _template_message(message: dict, native_tools: bool) -> dict:
+    role = {"developer": "system", "function": "tool"}.get(message["role"], message["role"])
+    content = _text(message.get("content"))
+    if role == "assistant" and not content and message.get("refusal"):
+        content = message["refusal"]
+    calls = list(message.get("tool_calls") or [])
+    if message.get("function_call"):
+        calls.append({"type": "function", "function": message["function_call"]})
+    if native_tools:
+        out = {"role": role, "content": content}
+        if calls:
+            out["tool_calls"] = [_native_call(call) for call in calls]
+        if message.get("tool_call_id"):
+            out["tool_call_id"] = message["tool_call_id"]
+        if role == "tool" and message.get("name"):
+            out["name"] = message["name"]
+        return out
+    if calls:
+        rendered = "\n".join(_hermes_call(call) for call in calls)
+        content = f"{content}\n{rendered}" if content else rendered
+    if role == "tool":
+        content = f"<tool_response>\n{content}\n</tool_response>"
+    return {"role": role, "content": content}
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    # A list of content parts: the text (and refusal) parts, in order.
+    return "".join(part.get("text") or part.get("refusal") or "" for part in content)
+
+
+def _arguments(arguments):
+    """``arguments`` arrives as a JSON string; templates and the Hermes text want the object (kept if unparsable)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+    return arguments
+
+
+def _native_call(call: dict) -> dict:
+    function = call["function"]
+    out = {"type": "function", "function": {"name": function["name"], "arguments": _arguments(function["arguments"])}}
+    if call.get("id"):
+        out["id"] = call["id"]
+    return out
+
+
+def _hermes_call(call: dict) -> str:
+    function = call["function"]
+    body = {"name": function["name"], "arguments": _arguments(function["arguments"])}
+    return "<tool_call>\n" + json.dumps(body, ensure_ascii=False) + "\n</tool_call>"
+
+
+def template_renders_tools(tokenizer) -> bool:
+    """Whether the chat template renders both tool definitions and assistant tool calls (probed by rendering)."""
+    return _template_fact(tokenizer, "renders_tools", _probe_tools)
+
+
+def generation_header(tokenizer) -> str:
+    """What ``add_generation_prompt`` appends (``"<|im_start|>assistant\\n"`` in ChatML): the role header that
+    opens every assistant turn, which is prompt, not target."""
+    return _template_fact(tokenizer, "header", _probe_header)
+
+
+_TEMPLATE_FACTS: dict[tuple[str, str | None], object] = {}
+
+
+def _template_fact(tokenizer, name: str, probe):
+    """A fact about the tokenizer's chat template, probed once per template (rows share one tokenizer)."""
+    key = (name, tokenizer.chat_template)
+    if key not in _TEMPLATE_FACTS:
+        _TEMPLATE_FACTS[key] = probe(tokenizer)
+    return _TEMPLATE_FACTS[key]
+
+
+def _probe_header(tokenizer) -> str:
+    conversation = [{"role": "user", "content": "x"}]
+    without = tokenizer.apply_chat_template(conversation, tokenize=False)
+    with_prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return with_prompt[len(without) :] if with_prompt.startswith(without) else ""
+
+
+def _probe_tools(tokenizer) -> bool:
+    tool = {"type": "function", "function": {"name": "probe_tool_zx", "description": "d", "parameters": {}}}
+    call = {"type": "function", "function": {"name": "probe_call_zx", "arguments": {"a": 1}}}
+    probe = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "1"},
+    ]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tools=[tool], tokenize=False)
+    except Exception:  # a template that chokes on tools is one that cannot render them
+        return False
+    return "probe_tool_zx" in rendered and "probe_call_zx" in rendered

@@ -1,0 +1,77 @@
+"""What a training attempt tells the service: the records of events.jsonl, durable checkpoints, and results.csv.
+
+Every record format is defined in ``openft.jobdir``; this module only builds them (OpenAI's wording for metrics
+messages, contract §2.3) and makes files durable before they are announced, because the service may act on a
+record (e.g. resume from a checkpoint) after this process has been killed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from openft import jobdir
+
+RESULTS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+
+
+def message(job_dir: Path, text: str, level: str = "info", data: dict | None = None) -> None:
+    jobdir.append_record(job_dir, {"kind": "message", "level": level, "message": text, "data": data or {}})
+
+
+def metrics(job_dir: Path, data: dict) -> None:
+    """One optimizer step's metrics (``data`` holds step, total_steps, train_loss, … as in jobdir)."""
+    text = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"
+    if "valid_loss" in data:
+        text += f", validation loss={data['valid_loss']:.4f}"
+    if "full_valid_loss" in data:
+        text += f", full validation loss={data['full_valid_loss']:.4f}"
+    jobdir.append_record(job_dir, {"kind": "metrics", "message": text, "data": data})
+
+
+def progress(job_dir: Path, step: int, total_steps: int, seconds_per_step: float) -> None:
+    record = {"kind": "progress", "step": step, "total_steps": total_steps, "seconds_per_step": seconds_per_step}
+    jobdir.append_record(job_dir, record)
+
+
+def checkpoint(job_dir: Path, step: int, path: str, reason: str, step_metrics: dict) -> None:
+    """Announce the checkpoint at ``job_dir/path``, made durable first: only complete checkpoints are reported."""
+    fsync_tree(job_dir / path)
+    fields = {k: v for k, v in step_metrics.items() if k != "total_steps"}
+    record = {"kind": "checkpoint", "step": step, "path": path, "reason": reason, "metrics": fields}
+    jobdir.append_record(job_dir, record)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder under ``path``, then its parent (the Trainer writes without fsync)."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        jobdir.fsync_dir(Path(folder))
+    jobdir.fsync_dir(path.parent)
+
+
+def write_results_csv(job_dir: Path) -> None:
+    """results.csv from every metrics record of every attempt; where a step ran twice, the latest record wins."""
+    records, _ = jobdir.read_records(job_dir, 0)
+    by_step = {r["data"]["step"]: r["data"] for r in records if r["kind"] == "metrics"}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULTS_HEADER)
+    for step in sorted(by_step):
+        d = by_step[step]
+        row = [d["train_loss"], d["train_mean_token_accuracy"], d.get("valid_loss"), d.get("valid_mean_token_accuracy")]
+        writer.writerow([step] + ["" if value is None else f"{value:.5f}" for value in row])
+    tmp = job_dir / (jobdir.RESULTS_CSV + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(out.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, job_dir / jobdir.RESULTS_CSV)
+    jobdir.fsync_dir(job_dir)

@@ -1,0 +1,280 @@
+"""Validation of supervised fine-tuning files (contract §4.1, §4.2, §4.5): the rules and their error messages.
+
+``validate_training_file`` checks a JSONL file and either counts its examples or names the first problem with its
+1-based line number and the rule broken, as the ``error`` object of a failed job (``code``, ``param``, ``message``).
+Standard library only: it runs in the API process, which never imports torch.
+
+Decisions where OpenAI documents nothing:
+
+* Blank (whitespace-only) lines are skipped, not rejected; line numbers still count them, so they match an editor.
+  A trailing newline, Windows line endings and a UTF-8 byte-order mark at the start are fine.
+* Lines are split on ``\\n`` only, so U+2028 and friends inside JSON strings do not split a line.
+* Images are rejected: the models served are text-only.
+* An example whose assistant messages all have weight 0 is rejected: there is nothing in it to train on.
+* A message key set to null counts as absent (``model_dump()`` of an SDK message writes null for unset fields),
+  except ``content``, whose null is meaningful beside tool calls. Trainers must read messages the same way.
+* An empty ``tools`` list is accepted, and so is an empty assistant ``content`` beside a tool or function call.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+ROLE_KEYS = {
+    "system": ("role", "content", "name"),
+    "developer": ("role", "content", "name"),
+    "user": ("role", "content", "name"),
+    "assistant": ("role", "content", "name", "weight", "tool_calls", "function_call", "refusal"),
+    "tool": ("role", "content", "tool_call_id"),
+    "function": ("role", "content", "name"),
+}
+PART_TYPES = {role: ("text",) for role in ROLE_KEYS} | {"assistant": ("text", "refusal")}
+PART_TEXT_KEY = {"text": "text", "refusal": "refusal"}
+IMAGE_PARTS = {"image_url", "input_image", "image"}
+CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
+LEGACY_KEYS = ("prompt", "completion")
+FORMAT_NAMES = {
+    "chat": "the chat format ('messages')",
+    "prompt_completion": "the legacy format ('prompt'/'completion')",
+}
+
+
+@dataclass
+class ValidationReport:
+    """``n_examples`` counts the examples read (all of them when ``error`` is None)."""
+
+    n_examples: int
+    format: Literal["chat", "prompt_completion"]
+    error: dict | None = None
+
+
+class _Invalid(Exception):
+    """One broken rule; the message is completed with the line number by the caller."""
+
+
+def validate_training_file(data: bytes, *, param: str, min_examples: int) -> ValidationReport:
+    """Validate a training (``param="training_file"``) or validation (``"validation_file"``) file.
+
+    ``min_examples`` applies to the training file only; a validation file needs at least one example.
+    """
+    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+    n, file_format = 0, None
+    for number, raw in enumerate(io.BytesIO(data), start=1):  # streams lines: files reach 512 MB
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            example = _parse_line(raw)
+            if example is None:
+                continue
+            line_format = _check_example(example)
+            if file_format and line_format != file_format:
+                raise _Invalid(f"uses {FORMAT_NAMES[line_format]}, but the lines before it use "
+                               f"{FORMAT_NAMES[file_format]}; the whole file must use one format")
+        except _Invalid as e:
+            error = {"code": code, "param": param, "message": f"Line {number}: {e}"}
+            return ValidationReport(n, file_format or "chat", error)
+        file_format, n = line_format, n + 1
+    return ValidationReport(n, file_format or "chat", _count_error(n, param, code, min_examples))
+
+
+def _count_error(n: int, param: str, code: str, min_examples: int) -> dict | None:
+    """Only the training file has a minimum (OpenAI's wording); a validation file needs one example."""
+    if param == "training_file" and n < min_examples:
+        message = f"Training file has {n} example(s), but must have at least {min_examples} examples"
+        return {"code": "invalid_n_examples", "param": param, "message": message}
+    if n == 0:
+        return {"code": code, "param": param, "message": "Validation file has no examples"}
+    return None
+
+
+def _parse_line(raw: bytes) -> dict | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Invalid(f"is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)") from None
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _Invalid(f"is not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+    except RecursionError:
+        raise _Invalid("is nested too deeply to be a training example") from None
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a JSON object, got {_kind(value)}")
+    return value
+
+
+def _check_example(example: dict) -> str:
+    if "messages" in example:
+        _check_chat(example)
+        return "chat"
+    if "prompt" in example or "completion" in example:
+        _check_legacy(example)
+        return "prompt_completion"
+    raise _Invalid("has neither 'messages' (chat format) nor 'prompt' and 'completion' (legacy format)")
+
+
+def _check_legacy(example: dict) -> None:
+    _check_known_keys(example, LEGACY_KEYS, "")
+    for key in LEGACY_KEYS:
+        if key not in example:
+            raise _Invalid(f"has no '{key}'; the legacy format needs both 'prompt' and 'completion' strings")
+        if not isinstance(example[key], str):
+            raise _Invalid(f"'{key}' must be a string, got {_kind(example[key])}")
+    if not example["completion"]:
+        raise _Invalid("'completion' is empty; there is nothing to train on")
+
+
+def _check_chat(example: dict) -> None:
+    _check_known_keys(example, CHAT_KEYS, "")
+    messages = example["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise _Invalid(f"'messages' must be a non-empty list, got {_kind(messages)}")
+    for index, message in enumerate(messages, start=1):
+        _check_message(message, f"message {index}")
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if not assistants:
+        raise _Invalid("has no assistant message; each example needs at least one to train on")
+    if all(m.get("weight", 1) == 0 for m in assistants):
+        raise _Invalid("every assistant message has weight 0, so there is nothing to train on")
+    if "parallel_tool_calls" in example and not isinstance(example["parallel_tool_calls"], bool):
+        raise _Invalid(f"'parallel_tool_calls' must be true or false, got {_kind(example['parallel_tool_calls'])}")
+    _check_definitions(example.get("tools"), "tools", wrapped=True)
+    _check_definitions(example.get("functions"), "functions", wrapped=False)
+
+
+def _check_message(message: object, where: str) -> None:
+    if not isinstance(message, dict):
+        raise _Invalid(f"{where} must be a JSON object, got {_kind(message)}")
+    message = {key: value for key, value in message.items() if value is not None or key == "content"}
+    role = message.get("role")
+    if not isinstance(role, str) or role not in ROLE_KEYS:
+        expected = ", ".join(ROLE_KEYS)
+        got = "has no 'role'" if role is None else f"has unknown role {_show(role)}"
+        raise _Invalid(f"{where} {got} (expected one of {expected})")
+    where = f"{where} ({role})"
+    if "weight" in message and role != "assistant":
+        raise _Invalid(f"{where} has 'weight', which is only allowed on assistant messages")
+    _check_known_keys(message, ROLE_KEYS[role], f"{where} ")
+    for key in ("name", "tool_call_id", "refusal"):
+        if key in message and (not isinstance(message[key], str) or not message[key]):
+            raise _Invalid(f"{where} '{key}' must be a non-empty string, got {_kind(message[key])}")
+    if role == "tool" and "tool_call_id" not in message:
+        raise _Invalid(f"{where} has no 'tool_call_id' (the id of the assistant tool call it answers)")
+    if role == "function" and "name" not in message:
+        raise _Invalid(f"{where} has no 'name' (the function whose result it holds)")
+    if role == "assistant":
+        _check_assistant(message, where)
+    else:
+        _check_content(message.get("content"), role, where)
+
+
+def _check_assistant(message: dict, where: str) -> None:
+    weight = message.get("weight", 1)
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise _Invalid(f"{where} has weight {_show(weight)}; weight must be 0 or 1")
+    for index, call in enumerate(_list_of(message, "tool_calls", where), start=1):
+        _check_tool_call(call, f"{where} tool_calls[{index}]")
+    if "function_call" in message:
+        _check_function(message["function_call"], f"{where} function_call", needs_arguments=True)
+    if "tool_calls" in message or "function_call" in message:
+        if message.get("content") in (None, ""):  # the API itself returns null or "" beside a call
+            return
+    elif message.get("content") is None:
+        raise _Invalid(f"{where} has no content; content may be missing only with tool_calls or function_call")
+    _check_content(message["content"], "assistant", where)
+
+
+def _check_content(content: object, role: str, where: str) -> None:
+    if isinstance(content, str):
+        if not content:
+            raise _Invalid(f"{where} has empty content")
+        return
+    if not isinstance(content, list) or not content:
+        allowed = " or ".join(PART_TYPES[role])
+        raise _Invalid(f"{where} content must be a non-empty string or a list of {allowed} parts, got {_kind(content)}")
+    for index, part in enumerate(content, start=1):
+        _check_part(part, role, f"{where} content part {index}")
+
+
+def _check_part(part: object, role: str, where: str) -> None:
+    allowed = " or ".join(repr(t) for t in PART_TYPES[role])
+    if not isinstance(part, dict):
+        raise _Invalid(f"{where} must be an object with type {allowed}, got {_kind(part)}")
+    kind = part.get("type")
+    if isinstance(kind, str) and kind in IMAGE_PARTS:
+        raise _Invalid(f"{where} is an image; images are not supported (the base models are text-only)")
+    if not isinstance(kind, str) or kind not in PART_TYPES[role]:
+        got = f"type {_show(kind)}" if "type" in part else "no 'type'"
+        raise _Invalid(f"{where} has {got}; {role} content parts must have type {allowed}")
+    text = part.get(PART_TEXT_KEY[kind])
+    if not isinstance(text, str) or not text:
+        raise _Invalid(f"{where} needs a non-empty string '{PART_TEXT_KEY[kind]}'")
+
+
+def _check_tool_call(call: object, where: str) -> None:
+    if not isinstance(call, dict):
+        raise _Invalid(f"{where} must be a JSON object, got {_kind(call)}")
+    if not isinstance(call.get("id"), str) or not call["id"]:
+        raise _Invalid(f"{where} needs a non-empty string 'id'")
+    if call.get("type") != "function":
+        raise _Invalid(f"{where} must have type 'function', got {_show(call.get('type'))}")
+    _check_function(call.get("function"), f"{where}.function", needs_arguments=True)
+
+
+def _check_definitions(value: object, key: str, *, wrapped: bool) -> None:
+    """``tools`` hold ``{"type": "function", "function": {...}}``; the deprecated ``functions`` hold the inner part."""
+    if value is None:
+        return
+    fewest = 0 if wrapped else 1  # an empty tools list is common in exported data; functions had minItems 1
+    if not isinstance(value, list) or not fewest <= len(value) <= 128:
+        raise _Invalid(f"'{key}' must be a list of {fewest} to 128 definitions, got {_kind(value)}")
+    for index, item in enumerate(value, start=1):
+        where = f"{key}[{index}]"
+        if wrapped:
+            if not isinstance(item, dict) or item.get("type") != "function":
+                raise _Invalid(f"{where} must be an object with type 'function'")
+            item, where = item.get("function"), f"{where}.function"
+        _check_function(item, where, needs_arguments=False)
+        if "parameters" in item and not isinstance(item["parameters"], dict):
+            raise _Invalid(f"{where}.parameters must be a JSON Schema object, got {_kind(item['parameters'])}")
+
+
+def _check_function(value: object, where: str, *, needs_arguments: bool) -> None:
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where} must be a JSON object, got {_kind(value)}")
+    if not isinstance(value.get("name"), str) or not value["name"]:
+        raise _Invalid(f"{where} needs a non-empty string 'name'")
+    if needs_arguments and not isinstance(value.get("arguments"), str):
+        got = _kind(value.get("arguments"))
+        raise _Invalid(f"{where}.arguments must be a string holding JSON (as the API returns it), got {got}")
+
+
+def _list_of(message: dict, key: str, where: str) -> list:
+    if key not in message:
+        return []
+    if not isinstance(message[key], list) or not message[key]:
+        raise _Invalid(f"{where} '{key}' must be a non-empty list, got {_kind(message[key])}")
+    return message[key]
+
+
+def _check_known_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
+    for key in obj:
+        if key not in allowed:
+            raise _Invalid(f"{where}has unknown key {key!r} (expected {', '.join(allowed)})")
+
+
+def _show(value: object) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value)
+
+
+def _kind(value: object) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    if isinstance(value, (list, str)) and not value:
+        return "an empty " + ("list" if isinstance(value, list) else "string")
+    return names.get(type(value), type(value).__name__)
