@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from openft.api import files, jobs, models
+from openft.api import chat, checkpoints, files, jobs, models
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
 from openft.executors import LocalExecutor
+from openft.infer.client import InferenceClient
 from openft.scheduler import Scheduler
 from openft.services import Services
 from openft.store import Store, migrate
@@ -46,13 +47,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.enable_scheduler:
             scheduler.start()
         app.state.scheduler = scheduler
+        # The inference worker (torch) starts at the first chat completion, never in this process.
+        app.state.inference = InferenceClient(
+            max_adapter_bytes=settings.inference_max_adapter_bytes, max_bases=settings.inference_max_bases,
+            log_path=settings.data_dir / "inference.log",
+        )
         yield
+        await app.state.inference.close()
         scheduler.stop()
         svc.store.engine.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     api = APIRouter()
-    for module in (files, jobs, models):
+    for module in (files, jobs, checkpoints, models, chat):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)

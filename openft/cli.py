@@ -1,4 +1,4 @@
-"""The `openft` command: serve, keys create, models prepare / list."""
+"""The `openft` command: serve, keys create, models prepare / list, export."""
 
 from __future__ import annotations
 
@@ -28,12 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     prepare = models.add_parser("prepare", help=f"convert the bundled {DEMO_MODEL} GGUF once and add it to the catalog")
     prepare.add_argument("--force", action="store_true", help="convert again even when a cached copy exists")
     models.add_parser("list", help="print the catalog")
+    export = sub.add_parser("export", help="write a fine-tuned model as a LoRA adapter or a merged HF folder")
+    export.add_argument("model", help="a fine-tuned model or checkpoint name (ft:…)")
+    export.add_argument("--org", default="org_local", help="the organization that owns the model (default org_local)")
+    export.add_argument("--format", choices=["adapter", "merged"], default="merged")
+    export.add_argument("--out", required=True, type=Path, help="the folder to create")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "serve":
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "keys":
         return _create_key(settings, args.org)
+    if args.command == "export":
+        return _export(settings, args.model, args.org, args.format, args.out)
     if args.models_command == "prepare":
         return _prepare_demo_model(settings, args.force)
     for name, path in settings.catalog().items():
@@ -75,6 +82,29 @@ def _create_key(settings: Settings, org: str) -> int:
     key = f"sk-openft-{secrets.token_urlsafe(32)}"
     svc.store.add_key(org, key)
     print(key)
+    return 0
+
+
+def _export(settings: Settings, name: str, org: str, fmt: str, out: Path) -> int:
+    from openft import models
+    from openft.app import build_services
+    from openft.errors import APIError
+
+    svc = build_services(settings)
+    try:
+        ref = models.resolve(svc.store, settings, org, name)
+    except APIError as err:
+        print(err.message, file=sys.stderr)
+        return 2
+    if not ref.adapters:
+        print(f"{name} is a base model: its folder is {ref.base_path}", file=sys.stderr)
+        return 2
+    try:
+        folder = models.export(ref, fmt, out)
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(folder)
     return 0
 
 

@@ -28,8 +28,13 @@ class Settings(BaseSettings):
     scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="How long a cancelled attempt may take to stop before it is killed.")
     base_learning_rate: float = Field(
-        1e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."
+        5e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."
     )
+    inference_max_adapter_bytes: int = Field(
+        1 << 30, ge=1, description="Memory the inference worker may spend on cached LoRA adapters (least recently "
+        "used ones are dropped first)."
+    )
+    inference_max_bases: int = Field(2, ge=1, description="Base models the inference worker keeps loaded at once.")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")

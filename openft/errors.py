@@ -37,8 +37,8 @@ class Conflict(APIError):
     status = 409
     headers = {"x-should-retry": "false"}
 
-    def __init__(self, message: str, *, param: str | None = None):
-        super().__init__(message, param=param, code="invalid_job_status")
+    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_job_status"):
+        super().__init__(message, param=param, code=code)
 
 
 class TooLarge(APIError):

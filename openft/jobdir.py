@@ -11,18 +11,25 @@ Layout of ``JOB_DIR``::
     results.csv      the per-step metrics table (OpenAI's columns), written by the trainer at the end
     result.json      written last and atomically by an attempt that ends on its own (see ``write_result``)
 
-``spec.json`` keys: ``job_id``, ``method`` ("supervised"), ``base_model`` (catalog name), ``base_model_path``
-(a local Hugging Face folder), ``training_file`` and ``validation_file`` (local paths or null),
+``spec.json`` keys: ``job_id``, ``method`` ("supervised" or "dpo"), ``base_model`` (catalog name),
+``base_model_path`` (a local Hugging Face folder), ``training_file`` and ``validation_file`` (local paths or null),
 ``hyperparameters`` (resolved numbers: ``n_epochs``, ``batch_size``, ``learning_rate_multiplier``,
-``learning_rate``), ``seed``, ``lora`` (``r``, ``alpha``, ``dropout``), ``max_length``,
-``resume_from`` (a checkpoint directory relative to JOB_DIR, or null), ``attempt`` (1, 2, …).
+``learning_rate``, and for "dpo" ``beta``), ``seed``, ``lora`` (``r``, ``alpha``, ``dropout``; null means full
+fine-tuning), ``max_length``, ``resume_from`` (a checkpoint directory relative to JOB_DIR, or null), ``attempt``
+(1, 2, …),
+``parent_adapters`` (absolute LoRA adapter folders to merge into the base, in order, before training: the lineage
+of an ``ft:`` model the job trains on; empty for a catalog model).
 
 Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time in float seconds):
 
 * ``{"kind": "message", "level": "info"|"warn"|"error", "message": str, "data": {...}}`` – a job event
 * ``{"kind": "metrics", "message": "Step 3/20: training loss=1.23", "data": {"step", "total_steps",
   "train_loss", "train_mean_token_accuracy", ["valid_loss", "valid_mean_token_accuracy",
-  "full_valid_loss", "full_valid_mean_token_accuracy"]}}`` – one per optimizer step
+  "full_valid_loss", "full_valid_mean_token_accuracy"]}}`` – one per optimizer step; ``valid_*`` is one
+  validation batch, ``full_valid_*`` the whole validation set at epoch ends. For "dpo", ``train_mean_token_accuracy``
+  is the reward accuracy, and ``data`` also holds ``train_reward_margin``, ``train_reward_accuracy``,
+  ``train_chosen_logps`` and ``train_rejected_logps``, each with its ``valid_``/``full_valid_`` counterpart when
+  there is a validation file (definitions in ``openft.train.dpo``)
 * ``{"kind": "checkpoint", "step": int, "path": "checkpoints/checkpoint-3", "reason": "epoch"|"pause"|"final",
   "metrics": {...}}`` – a complete, fsync'd checkpoint whose model can be sampled
 * ``{"kind": "progress", "step": int, "total_steps": int, "seconds_per_step": float}`` – for ``estimated_finish``

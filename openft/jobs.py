@@ -10,6 +10,7 @@ import math
 import random
 import time
 
+from openft import models
 from openft import protocol as p
 from openft import tables as t
 from openft.config import Settings
@@ -46,6 +47,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 AUTO_LR_MULTIPLIER = 2.0
+AUTO_BETA = 0.1  # DPO's beta when "auto" (TRL's default and OpenAI's examples)
+METHODS = {"supervised": p.SupervisedHyperparameters, "dpo": p.DpoHyperparameters}
 HP_LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256)}
 
 
@@ -60,12 +63,14 @@ def next_status(job: t.Job, action: str) -> str:
 
 
 def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
-    if req.model not in settings.catalog():
+    try:
+        models.resolve(store, settings, scope.org, req.model)  # a catalog model or one of this org's ft: models
+    except NotFound:
         raise InvalidRequest(
             f"Model {req.model} is not available for fine-tuning or does not exist.",
             param="model",
             code="model_not_available",
-        )
+        ) from None
     _check_file(store, scope, req.training_file, "training_file")
     if req.validation_file:
         _check_file(store, scope, req.validation_file, "validation_file")
@@ -85,7 +90,7 @@ def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobReque
         suffix=req.suffix,
         seed=seed,
         method=method,
-        hyperparameters=method["supervised"]["hyperparameters"],
+        hyperparameters=top_hyperparameters(method),
         metadata_=req.metadata,
         integrations=[i.model_dump(exclude_none=True) for i in req.integrations] if req.integrations else None,
         result_files=[],
@@ -131,26 +136,36 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 def _normalize_method(req: p.CreateJobRequest) -> dict:
     """The method as stored and echoed: always `{"type", "<type>": {"hyperparameters": {...}}}`."""
     top = req.hyperparameters
-    if req.method is None:
-        hp = top or p.SupervisedHyperparameters()
-        param = "hyperparameters"
-    elif req.method.type != "supervised":
+    kind = req.method.type if req.method else "supervised"
+    if kind not in METHODS:
         raise InvalidRequest(
-            f"Method '{req.method.type}' is not supported by this server yet; use 'supervised'.", param="method.type"
+            f"Method '{kind}' is not supported by this server yet; use one of {', '.join(METHODS)}.",
+            param="method.type",
         )
-    else:
-        section = req.method.supervised.hyperparameters if req.method.supervised else None
-        if top is not None and section is not None and top != section:
-            raise InvalidRequest(
-                "hyperparameters (deprecated) and method.supervised.hyperparameters disagree; send only one.",
-                param="hyperparameters",
-            )
-        hp = section or top or p.SupervisedHyperparameters()
-        param = "method.supervised.hyperparameters"
+    section = getattr(req.method, kind, None) if req.method else None
+    section_hp = section.hyperparameters if section else None
+    if top is not None and kind != "supervised":
+        raise InvalidRequest(
+            f"hyperparameters (deprecated) applies to supervised jobs only; use method.{kind}.hyperparameters.",
+            param="hyperparameters",
+        )
+    if top is not None and section_hp is not None and top != section_hp:
+        raise InvalidRequest(
+            "hyperparameters (deprecated) and method.supervised.hyperparameters disagree; send only one.",
+            param="hyperparameters",
+        )
+    hp = section_hp or top or METHODS[kind]()
+    param = "hyperparameters" if req.method is None else f"method.{kind}.hyperparameters"
     values = hp.model_dump()
     for name, value in values.items():
         _check_hyperparameter(f"{param}.{name}", name, value)
-    return {"type": "supervised", "supervised": {"hyperparameters": values}}
+    return {"type": kind, kind: {"hyperparameters": values}}
+
+
+def top_hyperparameters(method: dict) -> dict:
+    """The deprecated top-level ``hyperparameters``: the method's, without method-specific ones such as beta."""
+    hp = method[method["type"]]["hyperparameters"]
+    return {k: hp[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}
 
 
 def _check_hyperparameter(param: str, name: str, value) -> None:
@@ -162,6 +177,8 @@ def _check_hyperparameter(param: str, name: str, value) -> None:
         lo, hi = HP_LIMITS[name]
         if not (isinstance(value, int) and lo <= value <= hi):
             raise InvalidRequest(f"{param} must be an integer from {lo} to {hi}, got {value}.", param=param)
+    elif name == "beta" and not (0 < value <= 2):
+        raise InvalidRequest(f"{param} must be greater than 0 and at most 2, got {value}.", param=param)
     elif not (value > 0 and math.isfinite(value)):
         raise InvalidRequest(f"{param} must be a number greater than 0, got {value}.", param=param)
 
@@ -174,7 +191,7 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
 
     n_epochs: OpenAI's heuristic (3, more for small files so that about 100 examples are seen, fewer for huge ones).
     batch_size: about 0.2 % of the examples, from 1 to 256. learning_rate_multiplier: 2.0 (scales
-    Settings.base_learning_rate).
+    Settings.base_learning_rate). DPO's beta: 0.1.
     """
     hp = dict(requested)
     if hp["n_epochs"] == "auto":
@@ -188,6 +205,8 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
         hp["batch_size"] = max(1, min(256, math.ceil(n_examples * 0.002)))
     if hp["learning_rate_multiplier"] == "auto":
         hp["learning_rate_multiplier"] = AUTO_LR_MULTIPLIER
+    if hp.get("beta") == "auto":
+        hp["beta"] = AUTO_BETA
     return hp
 
 

@@ -55,6 +55,10 @@ class Integration(Strict):
     wandb: WandbIntegration
 
 
+class CreatePermissionsRequest(Strict):
+    project_ids: list[str] = Field(min_length=1, max_length=100)
+
+
 class CreateJobRequest(Strict):
     model: str
     training_file: str
@@ -136,6 +140,13 @@ class Deleted(BaseModel):
     id: str
     object: str
     deleted: bool
+
+
+class Permission(BaseModel):
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    created_at: int
+    project_id: str
 
 
 class ModelObject(BaseModel):

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import jobdir, jobs, validation
+from openft import jobdir, jobs, models, validation
 from openft import tables as t
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -62,33 +62,37 @@ class Scheduler:
     # ---- validating_files → queued | failed ------------------------------------------------------------------
 
     def validate(self, job: t.Job) -> None:
-        report = self._check(job.training_file, "training_file", self.settings.min_examples)
+        kind = job.method["type"]
+        report = self._check(job.training_file, "training_file", self.settings.min_examples, kind)
         if report.error is None and job.validation_file:
-            checked = self._check(job.validation_file, "validation_file", 1)
+            checked = self._check(job.validation_file, "validation_file", 1, kind)
             report = checked if checked.error else report
         if report.error:
             event = {"message": report.error["message"], "level": "error"}
             self.store.transition(job.id, "validating_files", "failed", [event], error=report.error, finished_at=now())
             return
-        hp = jobs.resolve_hyperparameters(job.method["supervised"]["hyperparameters"], report.n_examples)
-        method = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+        hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples)
+        method = {"type": kind, kind: {"hyperparameters": hp}}
         steps = jobs.total_steps(hp, report.n_examples)
         lr = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
         events = [
             {"message": f"Files validated: {report.n_examples} training examples"},
             {
                 "message": f"Hyperparameters: n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
-                f"learning_rate_multiplier={hp['learning_rate_multiplier']} (learning rate {lr:g}, {steps} steps)",
+                f"learning_rate_multiplier={hp['learning_rate_multiplier']}"
+                + (f", beta={hp['beta']}" if "beta" in hp else "")
+                + f" (learning rate {lr:g}, {steps} steps)",
                 "data": {**hp, "learning_rate": lr, "total_steps": steps},
             },
             {"message": "Files validated, moving job to queued state"},
         ]
         self.store.transition(
             job.id, "validating_files", "queued", events,
-            validated=True, n_examples=report.n_examples, hyperparameters=hp, method=method,
+            validated=True, n_examples=report.n_examples, hyperparameters=jobs.top_hyperparameters(method),
+            method=method,
         )
 
-    def _check(self, file_id: str, param: str, min_examples: int) -> validation.ValidationReport:
+    def _check(self, file_id: str, param: str, min_examples: int, kind: str) -> validation.ValidationReport:
         key = self.store.file_blob_key(file_id)
         try:
             data = self.blobs.get(key) if key else None
@@ -98,7 +102,7 @@ class Scheduler:
             code = f"invalid_{param}"
             error = {"code": code, "param": param, "message": f"File {file_id} no longer exists."}
             return validation.ValidationReport(n_examples=0, format=None, error=error)
-        return validation.validate_training_file(data, param=param, min_examples=min_examples)
+        return validation.validate_training_file(data, param=param, min_examples=min_examples, method=kind)
 
     # ---- queued → running ------------------------------------------------------------------------------------
 
@@ -135,13 +139,15 @@ class Scheduler:
                 if not dest.exists():
                     self.blobs.local_copy(self.store.file_blob_key(file_id), str(dest))
                 paths[param] = str(dest)
-        hp = dict(job.hyperparameters)
+        hp = dict(job.method[job.method["type"]]["hyperparameters"])
+        model = models.resolve(self.store, self.settings, job.organization_id, job.model)
         hp["learning_rate"] = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
         spec = {
             "job_id": job.id,
             "method": job.method["type"],
             "base_model": job.model,
-            "base_model_path": str(self.settings.catalog()[job.model]),
+            "base_model_path": str(model.base_path),
+            "parent_adapters": model.adapters,
             "training_file": paths["training_file"],
             "validation_file": paths.get("validation_file"),
             "hyperparameters": hp,
@@ -274,10 +280,11 @@ class Scheduler:
                 self._rotate(job, job_dir)
 
     def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
+        base = models.resolve(self.store, self.settings, job.organization_id, job.model).base
         if r["reason"] == "final":
-            name = fine_tuned_model_name(job.model, job.organization_id, job.suffix, short_id())
+            name = fine_tuned_model_name(base, job.organization_id, job.suffix, short_id())
         else:
-            name = checkpoint_model_name(job.model, job.organization_id, job.suffix, r["step"])
+            name = checkpoint_model_name(base, job.organization_id, job.suffix, r["step"])
         metrics = {"step": float(r["step"]), **(r.get("metrics") or {})}
         return t.Checkpoint(
             id=new_id("ftckpt"), job_id=job.id, organization_id=job.organization_id, created_at=int(r["ts"]),

@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, delete, event, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -194,8 +194,11 @@ class Store:
             return list(s.scalars(stmt))
 
     def delete_checkpoints(self, ids: list[str]) -> None:
+        """Delete checkpoint rows and every permission that shares them."""
         with self.session.begin() as s:
             for row in s.scalars(select(t.Checkpoint).where(t.Checkpoint.id.in_(ids))):
+                s.execute(delete(t.Permission).where(t.Permission.model_name == row.model_name,
+                                                     t.Permission.organization_id == row.organization_id))
                 s.delete(row)
 
     def org_models(self, org: str) -> list[t.Checkpoint]:
@@ -203,10 +206,55 @@ class Store:
             stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org).order_by(t.Checkpoint.seq)
             return list(s.scalars(stmt))
 
+    def jobs_on_model(self, model: str) -> list[t.Job]:
+        """Jobs of any organization that train on top of ``model`` (model names are unique)."""
+        with self.session() as s:
+            stmt = select(t.Job).where(t.Job.model == model)
+            return list(s.scalars(stmt))
+
     def model_by_name(self, org: str, name: str) -> t.Checkpoint | None:
         with self.session() as s:
             stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org, t.Checkpoint.model_name == name)
             return s.scalar(stmt)
+
+    # ---- checkpoint permissions ----
+    def add_permissions(self, rows: list[t.Permission]) -> None:
+        with self.session.begin() as s:
+            s.add_all(rows)
+
+    def list_permissions(self, org: str, model: str, project_id: str | None, after, limit, newest_first: bool):
+        with self.session() as s:
+            stmt = select(t.Permission).where(t.Permission.organization_id == org, t.Permission.model_name == model)
+            if project_id is not None:
+                stmt = stmt.where(t.Permission.project_id == project_id)
+            return _page(s, stmt, t.Permission, after, limit, newest_first)
+
+    def delete_permission(self, org: str, model: str, permission_id: str) -> bool:
+        with self.session.begin() as s:
+            row = s.scalar(select(t.Permission).where(
+                t.Permission.id == permission_id, t.Permission.organization_id == org,
+                t.Permission.model_name == model))
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
+    def shared_model(self, grantee: str, name: str) -> t.Checkpoint | None:
+        """The model ``name`` if its owner shared it with organization ``grantee``."""
+        with self.session() as s:
+            shared = select(t.Permission.organization_id).where(
+                t.Permission.model_name == name, t.Permission.project_id == grantee)
+            stmt = select(t.Checkpoint).where(t.Checkpoint.model_name == name,
+                                              t.Checkpoint.organization_id.in_(shared))
+            return s.scalar(stmt)
+
+    def models_shared_with(self, grantee: str) -> list[t.Checkpoint]:
+        with self.session() as s:
+            names = select(t.Permission.model_name).where(t.Permission.project_id == grantee)
+            owners = select(t.Permission.organization_id).where(t.Permission.project_id == grantee)
+            stmt = select(t.Checkpoint).where(t.Checkpoint.model_name.in_(names),
+                                              t.Checkpoint.organization_id.in_(owners)).order_by(t.Checkpoint.seq)
+            return list(s.scalars(stmt))
 
 
 def _event_row(job_id: str, ev: dict) -> t.Event:

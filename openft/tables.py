@@ -104,4 +104,16 @@ class Checkpoint(Base):
     path: Mapped[str] = mapped_column(Text)  # absolute directory of the weights
 
 
+class Permission(Base):
+    """A fine-tuned model or checkpoint shared with another organization (OpenAI's "project")."""
+
+    __tablename__ = "checkpoint_permissions"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)  # the owner
+    model_name: Mapped[str] = mapped_column(Text, index=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)  # the grantee organization
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 Index("ix_events_job_seq", Event.job_id, Event.seq)

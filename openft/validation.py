@@ -1,8 +1,13 @@
-"""Validation of supervised fine-tuning files (contract §4.1, §4.2, §4.5): the rules and their error messages.
+"""Validation of fine-tuning files (contract §4.1–4.3, §4.5): the rules and their error messages.
 
 ``validate_training_file`` checks a JSONL file and either counts its examples or names the first problem with its
 1-based line number and the rule broken, as the ``error`` object of a failed job (``code``, ``param``, ``message``).
 Standard library only: it runs in the API process, which never imports torch.
+
+The job's ``method`` decides the format: "supervised" takes the chat format or the legacy prompt/completion
+format (one per file); "dpo" takes the preference format ``{"input": {"messages", "tools"?,
+"parallel_tool_calls"?}, "preferred_output": [one assistant message], "non_preferred_output": [one assistant
+message]}``, whose messages follow the chat format's rules (roles, keys, content, tool calls, tool definitions).
 
 Decisions where OpenAI documents nothing:
 
@@ -14,6 +19,8 @@ Decisions where OpenAI documents nothing:
 * A message key set to null counts as absent (``model_dump()`` of an SDK message writes null for unset fields),
   except ``content``, whose null is meaningful beside tool calls. Trainers must read messages the same way.
 * An empty ``tools`` list is accepted, and so is an empty assistant ``content`` beside a tool or function call.
+* Preference format: ``weight`` is rejected on every message (the spec's preference messages have none, and a DPO
+  pair has no turns to leave out); ``input.messages`` may hold earlier assistant turns (multi-turn context).
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ PART_TEXT_KEY = {"text": "text", "refusal": "refusal"}
 IMAGE_PARTS = {"image_url", "input_image", "image"}
 CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
 LEGACY_KEYS = ("prompt", "completion")
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+PREFERENCE_INPUT_KEYS = ("messages", "tools", "parallel_tool_calls")
 FORMAT_NAMES = {
     "chat": "the chat format ('messages')",
     "prompt_completion": "the legacy format ('prompt'/'completion')",
+    "preference": "the preference format ('input', 'preferred_output', 'non_preferred_output')",
 }
 
 
@@ -47,7 +57,7 @@ class ValidationReport:
     """``n_examples`` counts the examples read (all of them when ``error`` is None)."""
 
     n_examples: int
-    format: Literal["chat", "prompt_completion"]
+    format: Literal["chat", "prompt_completion", "preference"]
     error: dict | None = None
 
 
@@ -55,11 +65,17 @@ class _Invalid(Exception):
     """One broken rule; the message is completed with the line number by the caller."""
 
 
-def validate_training_file(data: bytes, *, param: str, min_examples: int) -> ValidationReport:
-    """Validate a training (``param="training_file"``) or validation (``"validation_file"``) file.
+def validate_training_file(
+    data: bytes, *, param: str, min_examples: int, method: str = "supervised"
+) -> ValidationReport:
+    """Validate a training (``param="training_file"``) or validation (``"validation_file"``) file for a job of
+    ``method`` ("supervised" or "dpo").
 
     ``min_examples`` applies to the training file only; a validation file needs at least one example.
     """
+    if method not in CHECKS:
+        raise ValueError(f"no validation rules for method {method!r}")
+    check_example, default_format = CHECKS[method], ("preference" if method == "dpo" else "chat")
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     n, file_format = 0, None
     for number, raw in enumerate(io.BytesIO(data), start=1):  # streams lines: files reach 512 MB
@@ -69,15 +85,15 @@ def validate_training_file(data: bytes, *, param: str, min_examples: int) -> Val
             example = _parse_line(raw)
             if example is None:
                 continue
-            line_format = _check_example(example)
+            line_format = check_example(example)
             if file_format and line_format != file_format:
                 raise _Invalid(f"uses {FORMAT_NAMES[line_format]}, but the lines before it use "
                                f"{FORMAT_NAMES[file_format]}; the whole file must use one format")
         except _Invalid as e:
             error = {"code": code, "param": param, "message": f"Line {number}: {e}"}
-            return ValidationReport(n, file_format or "chat", error)
+            return ValidationReport(n, file_format or default_format, error)
         file_format, n = line_format, n + 1
-    return ValidationReport(n, file_format or "chat", _count_error(n, param, code, min_examples))
+    return ValidationReport(n, file_format or default_format, _count_error(n, param, code, min_examples))
 
 
 def _count_error(n: int, param: str, code: str, min_examples: int) -> dict | None:
@@ -115,7 +131,57 @@ def _check_example(example: dict) -> str:
     if "prompt" in example or "completion" in example:
         _check_legacy(example)
         return "prompt_completion"
+    if "preferred_output" in example or "non_preferred_output" in example:
+        raise _Invalid(f"uses {FORMAT_NAMES['preference']}, which is for method 'dpo'; supervised fine-tuning "
+                       "needs 'messages' (chat format) or 'prompt' and 'completion' (legacy format)")
     raise _Invalid("has neither 'messages' (chat format) nor 'prompt' and 'completion' (legacy format)")
+
+
+def _check_preference(example: dict) -> str:
+    for other, keys in (("chat", CHAT_KEYS), ("prompt_completion", LEGACY_KEYS)):
+        if keys[0] in example and not any(key in example for key in PREFERENCE_KEYS):
+            raise _Invalid(f"uses {FORMAT_NAMES[other]}, but method 'dpo' needs {FORMAT_NAMES['preference']}")
+    _check_known_keys(example, PREFERENCE_KEYS, "")
+    for key in PREFERENCE_KEYS:
+        if key not in example:
+            raise _Invalid(f"has no '{key}'; the preference format needs 'input', 'preferred_output' and "
+                           "'non_preferred_output'")
+    source = example["input"]
+    if not isinstance(source, dict):
+        raise _Invalid(f"'input' must be an object holding 'messages', got {_kind(source)}")
+    _check_known_keys(source, PREFERENCE_INPUT_KEYS, "'input' ")
+    messages = source.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _Invalid(f"'input.messages' must be a non-empty list, got {_kind(messages)}")
+    for index, message in enumerate(messages, start=1):
+        _check_preference_message(message, f"input message {index}")
+    if "parallel_tool_calls" in source and not isinstance(source["parallel_tool_calls"], bool):
+        got = _kind(source["parallel_tool_calls"])
+        raise _Invalid(f"'input.parallel_tool_calls' must be true or false, got {got}")
+    _check_definitions(source.get("tools"), "input.tools", wrapped=True)
+    for key in ("preferred_output", "non_preferred_output"):
+        _check_output(example[key], key)
+    return "preference"
+
+
+def _check_output(value: object, key: str) -> None:
+    """An output is the assistant's one reply: a list of exactly one assistant message (the spec's maxItems 1)."""
+    if not isinstance(value, list) or len(value) != 1:
+        got = f"a list of {len(value)} messages" if isinstance(value, list) and value else _kind(value)
+        raise _Invalid(f"'{key}' must be a list holding exactly one assistant message, got {got}")
+    where = f"{key} message"
+    _check_preference_message(value[0], where)
+    if value[0]["role"] != "assistant":
+        raise _Invalid(f"{where} has role {value[0]['role']!r}; it must be an assistant message (the reply)")
+
+
+def _check_preference_message(message: object, where: str) -> None:
+    _check_message(message, where)
+    if message.get("weight") is not None:
+        raise _Invalid(f"{where} ({message['role']}) has 'weight', which the preference format does not use")
+
+
+CHECKS = {"supervised": _check_example, "dpo": _check_preference}
 
 
 def _check_legacy(example: dict) -> None:

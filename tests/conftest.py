@@ -3,6 +3,7 @@ the real service started as a subprocess (`python -m openft.cli serve`), driven 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,21 +45,36 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
-@pytest.fixture(params=BACKENDS)
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'openft.db'}"
-        return
+@contextlib.contextmanager
+def _postgres_database():
+    """A fresh PostgreSQL database on the test server, dropped afterwards."""
     import sqlalchemy
 
     name = f"openft_test_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield PG_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    try:
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'openft.db'}"
+        return
+    with _postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url():
+    with _postgres_database() as url:
+        yield url
 
 
 def _free_port() -> int:

@@ -71,3 +71,15 @@ def wait_for_step(client: OpenAI, job_id: str, step: int, timeout: float = 120) 
             return
         time.sleep(0.05)
     raise AssertionError(f"step {step} not reached")
+
+
+def preference_rows(n: int, offset: int = 0) -> list[dict]:
+    """n small preference pairs (OpenAI's DPO format): a short right answer preferred over a wordy wrong one."""
+    rows = []
+    for i in range(offset, offset + n):
+        rows.append({
+            "input": {"messages": [{"role": "user", "content": f"What is item number {i}?"}]},
+            "preferred_output": [{"role": "assistant", "content": f"Item {i}."}],
+            "non_preferred_output": [{"role": "assistant", "content": f"I think it might be item {i + 1}, maybe."}],
+        })
+    return rows

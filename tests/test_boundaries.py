@@ -1,5 +1,5 @@
 """Architecture pins: the API process never imports torch, the trainer never imports the web stack or SQL, and
-every setting is documented in the README."""
+every setting is documented in the README, whose quickstart is the script a user runs."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_api_process_never_imports_torch(tmp_path):
 
 
 def test_trainer_never_imports_the_web_stack_or_sql():
-    modules = _modules_after("import openft.train.__main__, openft.train.sft, openft.train.data")
+    modules = _modules_after("import openft.train.__main__, openft.train.sft, openft.train.dpo, openft.train.data, "
+                               "openft.infer.worker, openft.infer.engine, openft.export")
     assert "torch" in modules or "transformers" in modules or "trl" in modules
     assert not modules & {"fastapi", "starlette", "sqlalchemy", "uvicorn", "alembic", "httpx"}
 
@@ -39,3 +40,9 @@ def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`OPENFT_{name.upper()}`" in readme, name
+
+
+def test_readme_quickstart_is_the_quickstart_script():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Quickstart (openai SDK)")[1].split("```python\n")[1].split("```\n")[0]
+    assert block == (ROOT / "examples" / "quickstart.py").read_text()

@@ -2,48 +2,44 @@
 
 from __future__ import annotations
 
-import shutil
-
 from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
 
+from openft import models
 from openft import protocol as p
 from openft.api.deps import scope, services
-from openft.errors import InvalidRequest, NotFound
 from openft.services import Services
 from openft.store import Scope
 
 router = APIRouter(prefix="/models", tags=["models"])
-BASE_CREATED = 1704067200  # catalog models carry no creation time of their own
 
 
-def _not_found(name: str) -> NotFound:
-    return NotFound(f"The model '{name}' does not exist or you do not have access to it.", code="model_not_found")
+def _wire(ref: models.ModelRef) -> p.ModelObject:
+    return p.ModelObject(id=ref.name, created=ref.created, owned_by=ref.owned_by)
 
 
 @router.get("", response_model=p.ModelList)
 def list_models(who: Scope = Depends(scope), svc: Services = Depends(services)):
-    data = [p.ModelObject(id=name, created=BASE_CREATED, owned_by="openft") for name in svc.settings.catalog()]
-    data += [p.ModelObject(id=c.model_name, created=c.created_at, owned_by=who.org) for c in svc.store.org_models(who.org)]
-    return p.ModelList(data=data)
+    return p.ModelList(data=[_wire(ref) for ref in models.list_models(svc.store, svc.settings, who.org)])
+
+
+@router.get("/{model:path}/export", response_class=FileResponse)
+def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
+    """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
+    ref = models.resolve(svc.store, svc.settings, who.org, model)
+    if ref.adapters and ref.owned_by != who.org:  # a shared model may be sampled, not downloaded
+        raise models.not_found(model)
+    path = models.export_archive(svc.settings, ref, format)
+    filename = model.replace(":", "_") + f"-{format}.tar.gz"
+    return FileResponse(path, media_type="application/gzip", filename=filename)
 
 
 @router.get("/{model:path}", response_model=p.ModelObject)
 def retrieve_model(model: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
-    if model in svc.settings.catalog():
-        return p.ModelObject(id=model, created=BASE_CREATED, owned_by="openft")
-    row = svc.store.model_by_name(who.org, model)
-    if row is None:
-        raise _not_found(model)
-    return p.ModelObject(id=row.model_name, created=row.created_at, owned_by=who.org)
+    return _wire(models.resolve(svc.store, svc.settings, who.org, model))
 
 
 @router.delete("/{model:path}", response_model=p.Deleted)
 def delete_model(model: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
-    if model in svc.settings.catalog():
-        raise InvalidRequest(f"The base model '{model}' cannot be deleted.", param="model", code="model_not_deletable")
-    row = svc.store.model_by_name(who.org, model)
-    if row is None:
-        raise _not_found(model)
-    svc.store.delete_checkpoints([row.id])
-    shutil.rmtree(row.path, ignore_errors=True)
+    models.delete(svc.store, svc.settings, who.org, model)
     return p.Deleted(id=model, object="model", deleted=True)

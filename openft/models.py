@@ -1,0 +1,119 @@
+"""The model domain: what a model name means for an organization, and deleting fine-tuned models.
+
+A name is either a catalog base model (``Settings.catalog()``) or a fine-tuned model or checkpoint of the caller's
+organization (a row of ``checkpoints``), or one another organization shared with it (``openft.permissions``). A fine-tuned model is its base plus a chain of LoRA adapters: a job that
+trained on top of ``ft:…`` adds its own adapter to its parent's chain. ``resolve`` turns a name into that chain,
+which is what training (``spec.json``: ``base_model_path`` + ``parent_adapters``) and sampling need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from openft import tables as t
+from openft.config import Settings
+from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.store import Store
+
+BASE_CREATED = 1704067200  # catalog models carry no creation time of their own
+MAX_LINEAGE = 16
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    base: str  # the catalog name at the root of the lineage
+    base_path: Path
+    adapters: list[str] = field(default_factory=list)  # absolute adapter folders, applied in order
+    created: int = BASE_CREATED
+    owned_by: str = "openft"
+
+
+def not_found(name: str) -> NotFound:
+    return NotFound(f"The model '{name}' does not exist or you do not have access to it.", code="model_not_found")
+
+
+def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
+    """The model ``name`` as ``org`` sees it; 404 ``model_not_found`` for unknown names and other orgs' models."""
+    catalog = settings.catalog()
+    if name in catalog:
+        return ModelRef(name=name, base=name, base_path=Path(catalog[name]))
+    row = store.model_by_name(org, name) or store.shared_model(org, name)
+    if row is None:
+        raise not_found(name)
+    adapters = [row.path]
+    job = store.get_job(None, row.job_id)
+    for _ in range(MAX_LINEAGE):
+        if job.model in catalog:
+            break
+        parent = store.model_by_name(job.organization_id, job.model) or store.shared_model(job.organization_id, job.model)
+        if parent is None:  # deleted since: this model cannot be rebuilt
+            raise not_found(name)
+        adapters.insert(0, parent.path)
+        job = store.get_job(None, parent.job_id)
+    else:
+        raise not_found(name)
+    return ModelRef(name=name, base=job.model, base_path=Path(catalog[job.model]), adapters=adapters,
+                    created=row.created_at, owned_by=row.organization_id)
+
+
+def list_models(store: Store, settings: Settings, org: str) -> list[ModelRef]:
+    refs = [ModelRef(name=n, base=n, base_path=Path(p)) for n, p in settings.catalog().items()]
+    for row in store.org_models(org) + store.models_shared_with(org):
+        refs.append(ModelRef(name=row.model_name, base="", base_path=Path(), adapters=[row.path],
+                             created=row.created_at, owned_by=row.organization_id))
+    return refs
+
+
+def delete(store: Store, settings: Settings, org: str, name: str) -> None:
+    """Remove a fine-tuned model or checkpoint: its listing and its weights. Base models cannot be deleted."""
+    if name in settings.catalog():
+        raise InvalidRequest(f"The base model '{name}' cannot be deleted.", param="model", code="model_not_deletable")
+    row: t.Checkpoint | None = store.model_by_name(org, name)
+    if row is None:
+        raise not_found(name)
+    children = [j for j in store.jobs_on_model(name) if j.status not in ("failed", "cancelled")]
+    if children:
+        raise Conflict(f"The model '{name}' is the base of fine-tuning job {children[0].id}; delete that job's "
+                       "models (or cancel it) first.", param="model", code="model_in_use")
+    store.delete_checkpoints([row.id])
+    shutil.rmtree(row.path, ignore_errors=True)
+
+
+EXPORT_FORMATS = ("adapter", "merged")
+
+
+def export(ref: ModelRef, fmt: str, out: Path, archive: bool = False) -> Path:
+    """Write ``ref`` as ``fmt`` (a folder, or a .tar.gz when ``archive``) in a torch process of its own
+    (``python -m openft.export``), so that neither the API nor the CLI import torch."""
+    command = [sys.executable, "-m", "openft.export", "--base", str(ref.base_path), "--base-name", ref.base,
+               "--format", fmt, "--out", str(out)]
+    for adapter in ref.adapters:
+        command += ["--adapter", adapter]
+    if archive:
+        command.append("--archive")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"export of {ref.name} failed: {done.stderr.strip()[-2000:]}")
+    return out
+
+
+def export_archive(settings: Settings, ref: ModelRef, fmt: str) -> Path:
+    """The model as a downloadable .tar.gz, built once per model and format under ``<data_dir>/exports``."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidRequest(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{fmt}'.", param="format")
+    if not ref.adapters:
+        raise InvalidRequest(f"'{ref.name}' is a base model; only fine-tuned models are exported.", param="model")
+    if fmt == "adapter" and len(ref.adapters) > 1:
+        raise InvalidRequest(f"'{ref.name}' was trained on top of another fine-tuned model: its adapter alone does "
+                             "not reproduce it; export it with format=merged.", param="format")
+    digest = hashlib.sha256(ref.name.encode()).hexdigest()[:16]
+    path = settings.data_dir / "exports" / f"{digest}-{fmt}.tar.gz"
+    if not path.exists():
+        export(ref, fmt, path, archive=True)
+    return path
