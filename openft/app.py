@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from openft.api import chat, checkpoints, files, jobs, models
+from openft.api import chat, checkpoints, files, graders, jobs, models
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     api = APIRouter()
-    for module in (files, jobs, checkpoints, models, chat):
+    for module in (files, jobs, checkpoints, models, chat, graders):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)

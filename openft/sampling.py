@@ -12,6 +12,8 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 
+from starlette.concurrency import run_in_threadpool
+
 from openft import models
 from openft.errors import APIError, InvalidRequest
 from openft.ids import now
@@ -43,7 +45,7 @@ async def complete(svc: Services, client: InferenceClient, who: Scope, body: dic
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     params = parse_chat_request(body)
-    name, model = _model(svc, who, body)
+    name, model = await run_in_threadpool(_model, svc, who, body)  # SQL: off the event loop
     completion_id, created = "chatcmpl-" + secrets.token_hex(12), now()
     if not params.stream:
         try:

