@@ -19,10 +19,12 @@ job = client.fine_tuning.jobs.create(
 print("created", job.id, job.status)
 
 
-def wait(statuses):
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in statuses:
+def wait(*statuses):
+    while (current := client.fine_tuning.jobs.retrieve(job.id)).status not in statuses:
+        if current.status in ("succeeded", "failed", "cancelled"):
+            raise SystemExit(f"job {current.status}: {current.error}")
         time.sleep(1)
-    return job
+    return current
 
 
 def latest_step():
@@ -31,16 +33,16 @@ def latest_step():
 
 
 start = time.time()
-wait({"running"})
+wait("running")
 while latest_step() < 3:  # let it train a few steps, then pause
     time.sleep(1)
 client.fine_tuning.jobs.pause(job.id)
-job = wait({"paused"})
+job = wait("paused")
 checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]
 print("paused at step", checkpoint.step_number, "->", checkpoint.fine_tuned_model_checkpoint)
 
 client.fine_tuning.jobs.resume(job.id)
-job = wait({"succeeded", "failed", "cancelled"})
+job = wait("succeeded")
 for event in reversed(client.fine_tuning.jobs.list_events(job.id, limit=100).data):
     print(" ", event.message)
 print(job.status, job.fine_tuned_model, f"trained_tokens={job.trained_tokens}", f"{time.time() - start:.0f}s")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tests.helpers import all_events, chat_rows, upload, wait_for, wait_for_step
 
 
 SEED_COPY = Path(__file__).with_name("fine_tuning_job.schema.yaml")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def job_schema() -> dict:
@@ -143,3 +146,21 @@ def assert_no_checkpoints_soon(client, checkpoint_dir: Path, job_id: str) -> Non
             return
         time.sleep(0.1)
     raise AssertionError("checkpoints of a cancelled job were kept")
+
+
+def test_the_readme_quickstart_runs_against_the_service(make_server):
+    """The quickstart script (the README's code, see test_boundaries) end to end, on the tiny model instead of
+    SmolLM2 and with faster polling: upload, create, pause mid-training, resume, succeed, print the results."""
+    server = make_server().start()
+    script = (ROOT / "examples" / "quickstart.py").read_text()
+    for old, new in (("http://127.0.0.1:8000/v1", server.url + "/v1"), ('"SmolLM2-135M-Instruct"', '"tiny"'),
+                     ("time.sleep(1)", "time.sleep(0.02)")):
+        assert old in script
+        script = script.replace(old, new)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    paused = next(line for line in lines if line.startswith("paused at step"))
+    assert ":ckpt-step-" in paused
+    assert any(line.startswith("succeeded ft:tiny:org-local:acme:") for line in lines)
+    assert "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy" in done.stdout
