@@ -14,7 +14,7 @@ job = client.fine_tuning.jobs.create(
     training_file=train.id,
     validation_file=valid.id,
     suffix="acme",
-    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
+    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": 4}}},
 )
 print("created", job.id, job.status)
 

@@ -52,8 +52,10 @@ def cosine(a: str, b: str) -> float:
 
     >>> round(cosine("A man is eating food.", "A man is eating food."), 4)
     1.0
-    >>> cosine("A man is eating food.", "A man is eating a piece of bread.") > cosine("A man is eating food.", "A monkey is playing drums.")
-    True
+    >>> round(cosine("A man is eating food.", "A man is eating a piece of bread."), 4)
+    0.7553
+    >>> round(cosine("A man is eating food.", "A monkey is playing drums."), 4)
+    0.0476
     """
     vectors = embed([a, b])
     return float(vectors[0] @ vectors[1])

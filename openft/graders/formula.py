@@ -100,7 +100,8 @@ class _Parser:
         if kind == "name":
             return ("var", self.take("name")[1])
         if kind != "(":
-            raise FormulaError(f"expected a value but found {'the end' if kind == 'end' else repr(value)} at position {pos}")
+            found = "the end" if kind == "end" else repr(value)
+            raise FormulaError(f"expected a value but found {found} at position {pos}")
         self.take("(")
         node = self.sum()
         self.take(")")

@@ -51,10 +51,10 @@ def score_model(grader: dict, sample: dict, item: dict, endpoint: Endpoint, outc
     reply = _ask(grader, SCORE_PROMPT.format(low=low, high=high), sample, item, endpoint, outcome)
     result = _result(reply)
     try:
-        score = float(result)
+        score = float(result) if not isinstance(result, bool) else math.nan
     except (TypeError, ValueError):
-        raise GradeError("model_grader_parse_error", f"the grader model's result is not a number: {reply[:200]!r}") from None
-    if not math.isfinite(score) or isinstance(result, bool):
+        score = math.nan
+    if not math.isfinite(score):
         raise GradeError("model_grader_parse_error", f"the grader model's result is not a number: {reply[:200]!r}")
     outcome.scores = {"result": score}
     return min(float(high), max(float(low), score))
@@ -64,9 +64,10 @@ def label_model(grader: dict, sample: dict, item: dict, endpoint: Endpoint, outc
     labels = grader["labels"]
     reply = _ask(grader, LABEL_PROMPT.format(labels=", ".join(labels)), sample, item, endpoint, outcome)
     result = _result(reply)
-    chosen = next((x for x in labels if isinstance(result, str) and x.casefold() == result.strip(" .\"'").casefold()), None)
+    answer = result.strip(" .\"'").casefold() if isinstance(result, str) else None
+    chosen = next((label for label in labels if label.casefold() == answer), None)
     if chosen is None:
-        raise GradeError("model_grader_parse_error", f"the grader model did not answer one of the labels: {reply[:200]!r}")
+        raise GradeError("model_grader_parse_error", f"the grader model answered no label: {reply[:200]!r}")
     outcome.scores = {"label": chosen}
     return 1.0 if chosen in grader["passing_labels"] else 0.0
 
@@ -74,8 +75,9 @@ def label_model(grader: dict, sample: dict, item: dict, endpoint: Endpoint, outc
 def messages(grader: dict, sample: dict, item: dict) -> list[dict]:
     """The grader's input as chat messages, templates filled.
 
-    >>> messages({"input": [{"role": "user", "content": [{"type": "input_text", "text": "Grade {{sample.output_text}}"}]}]},
-    ...          {"output_text": "42"}, {})
+    >>> part = {"type": "input_text", "text": "Grade {{sample.output_text}}"}
+    >>> grader = {"input": [{"role": "user", "content": [part]}]}
+    >>> messages(grader, {"output_text": "42"}, {})
     [{'role': 'user', 'content': [{'type': 'text', 'text': 'Grade 42'}]}]
     """
     out = []
@@ -98,7 +100,9 @@ def _part(part, sample: dict, item: dict) -> dict:
         return {"type": "text", "text": render(part["text"], sample, item)}
     if part["type"] == "input_image":
         image = {"url": render(part["image_url"], sample, item)}
-        return {"type": "image_url", "image_url": {**image, **({"detail": part["detail"]} if part.get("detail") else {})}}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
     return {"type": "input_audio", "input_audio": part["input_audio"]}
 
 
@@ -143,6 +147,7 @@ def _result(reply: str):
     >>> _result('Sure! {"steps": [], "result": 0.8}'), _result(" 7 "), _result('```json\\n{"result": "yes"}\\n```')
     (0.8, '7', 'yes')
     """
+    reply = reply[:100_000]
     for match in re.finditer(r"\{", reply):
         try:
             value, _ = json.JSONDecoder().raw_decode(reply[match.start():])

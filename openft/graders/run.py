@@ -26,9 +26,10 @@ def run_grader(grader: dict, sample: dict, item: dict | None = None, *, endpoint
     ...                   "reference": "{{item.answer}}", "operation": "eq"}, make_sample("Paris"), {"answer": "Paris"})
     >>> out["reward"], out["metadata"]["type"], out["metadata"]["errors"]["invalid_variable_error"]
     (1.0, 'string_check', False)
-    >>> run_grader({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-    ...             "reference": "{{item.answer}}", "operation": "eq"}, make_sample("Paris"), {})["metadata"]["errors"]["invalid_variable_error"]
-    True
+    >>> out = run_grader({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+    ...                   "reference": "{{item.answer}}", "operation": "eq"}, make_sample("Paris"), {})
+    >>> out["reward"], out["metadata"]["errors"]["invalid_variable_error"]
+    (0.0, True)
     """
     grader = validate_grader(grader)
     started = time.perf_counter()

@@ -8,7 +8,8 @@ seccomp and an audit hook; its docstring lists each layer. Here the parent keeps
 verdict.
 
 Limits (OpenAI documents 2 minutes and 2 GB): 120 s of wall and CPU time, 2 GiB of address space, 100 MiB per
-written file, 64 open files, no new processes.
+written file, 64 open files, no new processes and no threads. ``image_tag`` is accepted and ignored: there is one
+image, this interpreter's standard library.
 
 What a grader sees as errors, and the flag it raises (the reward is 0 each time):
 - an exception, a blocked operation (it surfaces as PermissionError), MemoryError, a non-number returned, or no
@@ -18,11 +19,11 @@ What a grader sees as errors, and the flag it raises (the reward is 0 each time)
   with a short type such as ``killed_by_signal:SIGSEGV``.
 
 Limits of the mechanism, honestly: where the kernel offers no Landlock (Linux < 5.13, or disabled), file access
-is kept to the box and the standard library only by the audit hook, which determined Python code may defeat; the
-same holds for sockets and processes without seccomp (other architectures) and network namespaces (no user
-namespaces and not root). Run as root, the sandbox keeps uid 0 without any capability, so files that root owns
-and that Landlock does not cover are its own again if Landlock is missing. Metadata (``os.stat``) of any path
-stays visible. Disk use is capped per file, not in total (the wall clock bounds it). Run the service as an
+is kept to the box and the standard library only by the audit hook, which determined Python code may defeat (for
+instance with a path object whose ``__fspath__`` answers differently the second time it is asked); the same holds
+for sockets and processes without seccomp (other architectures) and network namespaces (no user namespaces and
+not root). Run as root, the sandboxed process keeps uid 0 (without capabilities), so without Landlock, past the
+audit hook, it could read the files that root owns. Metadata (``os.stat``) of any path stays visible. Disk use is capped per file, not in total (the wall clock bounds it). Run the service as an
 unprivileged user on a kernel with Landlock for the strongest setting.
 """
 
@@ -35,7 +36,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from openft.graders.outcome import GradeError
@@ -50,7 +50,8 @@ def run_python(source: str, sample: dict, item: dict, *, timeout: float = TIMEOU
                memory_bytes: int = MEMORY_BYTES, file_bytes: int = FILE_BYTES) -> float:
     """The grader's score, or GradeError with the flag that says why there is none.
 
-    >>> run_python("def grade(sample, item):\\n    return len(sample['output_text']) / item['n']", {"output_text": "abc"}, {"n": 4})
+    >>> source = "def grade(sample, item):\\n    return len(sample['output_text']) / item['n']"
+    >>> run_python(source, {"output_text": "abc"}, {"n": 4})
     0.75
     """
     with tempfile.TemporaryDirectory(prefix="openft-python-grader-", ignore_cleanup_errors=True) as root:
@@ -75,18 +76,14 @@ def _run(stdin, out, err, box: Path, timeout: float) -> tuple[int, bool]:
                                 stdout=out, stderr=err, cwd=box, env={}, start_new_session=True, close_fds=True)
     except OSError as exc:
         raise GradeError("python_grader_server_error", f"sandbox_start_failed: {exc}") from None
-    deadline, timed_out = time.monotonic() + timeout, False
     try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group, whatever state it is in
-        except ProcessLookupError:
-            pass
+        return proc.wait(timeout=timeout), False
+    except BaseException as exc:  # the time limit, or this thread being interrupted: the sandbox must not outlive it
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole group; the unreaped leader keeps the group id ours
         proc.wait()
-    return proc.returncode, timed_out
+        if isinstance(exc, subprocess.TimeoutExpired):
+            return proc.returncode, True
+        raise
 
 
 def _verdict(returncode: int, timed_out: bool, reply: bytes, log: str, timeout: float) -> float:

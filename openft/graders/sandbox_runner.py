@@ -152,7 +152,8 @@ def _landlock(libc, ctypes, box: str, readable: list[str]) -> int:
     if abi < 1:
         return 0
     fs = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
-    attr = struct.pack("QQQ", fs, 0b11 if abi >= 4 else 0, 0b11 if abi >= 6 else 0)[:8 if abi < 4 else 16 if abi < 6 else 24]
+    net, scoped = (0b11 if abi >= 4 else 0), (0b11 if abi >= 6 else 0)  # TCP bind+connect; abstract sockets+signals
+    attr = struct.pack("QQQ", fs, net, scoped)[:8 if abi < 4 else 16 if abi < 6 else 24]  # the size this ABI knows
     ruleset = libc.syscall(long(444), attr, long(len(attr)), long(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")

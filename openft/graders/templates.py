@@ -76,7 +76,8 @@ def lookup(path: str, sample: dict, item: dict):
 def render(template: str, sample: dict, item: dict) -> str:
     """The template with each reference replaced by its value (strings as they are, the rest as JSON).
 
-    >>> render("{{item.name}} scored {{ item.score }}; tags {{item.tags}}", {}, {"name": "Ann", "score": 3, "tags": ["a"]})
+    >>> render("{{item.name}} scored {{ item.score }}; tags {{item.tags}}", {}, {"name": "Ann", "score": 3,
+    ...                                                                        "tags": ["a"]})
     'Ann scored 3; tags ["a"]'
     >>> render("{{ item.missing }}", {}, {})
     Traceback (most recent call last):

@@ -42,11 +42,10 @@ def validate_grader(grader, param: str = "grader", *, inside_multi: bool = False
     >>> validate_grader({"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
     ...                  "reference": "{{item.answer}}", "operation": "eq"})["operation"]
     'eq'
-    >>> validate_grader({"type": "text_similarity", "name": "t", "input": "a", "reference": "b",
-    ...                  "evaluation_metric": "bleu4"})
+    >>> validate_grader({"type": "string_check", "name": "exact", "input": "a", "reference": "b", "operation": "neq"})
     Traceback (most recent call last):
     ...
-    openft.errors.InvalidRequest: grader.evaluation_metric must be one of fuzzy_match, bleu, gleu, meteor, cosine, rouge_1, rouge_2, rouge_3, rouge_4, rouge_5, rouge_l.
+    openft.errors.InvalidRequest: grader.operation must be one of eq, ne, like, ilike.
     """
     if not isinstance(grader, dict):
         raise InvalidRequest(f"{param} must be an object.", param=param)
@@ -177,7 +176,8 @@ def _content_part(part, param: str) -> None:
         return _template(part.get("image_url"), f"{param}.image_url")
     if kind == "input_audio":
         audio = part.get("input_audio")
-        if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or audio.get("format") not in ("mp3", "wav"):
+        audio = audio if isinstance(audio, dict) else {}
+        if not isinstance(audio.get("data"), str) or audio.get("format") not in ("mp3", "wav"):
             _fail(f"{param}.input_audio", "must be {data: base64 string, format: mp3|wav}")
         return None
     _fail(param, "must be a string or a content part of type input_text, output_text, input_image or input_audio")
@@ -201,9 +201,10 @@ def _score_model(grader: dict, param: str) -> None:
         want = SAMPLING_PARAMS.get(key)
         if want is None:
             _fail(f"{param}.sampling_params.{key}", f"is not a sampling parameter ({', '.join(SAMPLING_PARAMS)})")
-        ok = value is None or (isinstance(value, str) if want is str else _number(value) and (want is float or float(value).is_integer()))
-        if not ok:
-            _fail(f"{param}.sampling_params.{key}", f"must be {'a string' if want is str else 'an integer' if want is int else 'a number'}")
+        if want is str and not (value is None or isinstance(value, str)):
+            _fail(f"{param}.sampling_params.{key}", "must be a string")
+        if want is not str and not (value is None or _number(value) and (want is float or float(value).is_integer())):
+            _fail(f"{param}.sampling_params.{key}", "must be an integer" if want is int else "must be a number")
     _threshold(grader, param)
 
 

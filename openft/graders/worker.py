@@ -47,7 +47,8 @@ def run(settings: Settings, grader: dict, model_sample: str, item) -> dict:
         reply = json.loads(child.stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         tail = child.stderr.decode(errors="replace")[-500:]
-        raise GraderFailed(f"The grader process failed (exit {child.returncode}): {tail}", code="grader_failed") from None
+        message = f"The grader process failed (exit {child.returncode}): {tail}"
+        raise GraderFailed(message, code="grader_failed") from None
     if "error" in reply:  # the child checks the grader again; it agrees with the check above
         error = reply["error"]
         raise InvalidRequest(error["message"], param=error.get("param"), code=error.get("code"))
