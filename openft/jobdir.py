@@ -11,14 +11,19 @@ Layout of ``JOB_DIR``::
     results.csv      the per-step metrics table (OpenAI's columns), written by the trainer at the end
     result.json      written last and atomically by an attempt that ends on its own (see ``write_result``)
 
-``spec.json`` keys: ``job_id``, ``method`` ("supervised" or "dpo"), ``base_model`` (catalog name),
+``spec.json`` keys: ``job_id``, ``method`` ("supervised", "dpo" or "reinforcement"), ``base_model`` (catalog name),
 ``base_model_path`` (a local Hugging Face folder), ``training_file`` and ``validation_file`` (local paths or null),
 ``hyperparameters`` (resolved numbers: ``n_epochs``, ``batch_size``, ``learning_rate_multiplier``,
-``learning_rate``, and for "dpo" ``beta``), ``seed``, ``lora`` (``r``, ``alpha``, ``dropout``; null means full
-fine-tuning), ``max_length``, ``resume_from`` (a checkpoint directory relative to JOB_DIR, or null), ``attempt``
-(1, 2, …),
+``learning_rate``, for "dpo" ``beta``, for "reinforcement" ``compute_multiplier`` (float), ``eval_interval`` (int,
+steps between validations), ``eval_samples`` (int, completions per validation prompt) and ``reasoning_effort``
+("default", "low", "medium" or "high"); how ``openft.train.rft`` maps them onto sampling is in its docstring),
+``seed``, ``lora`` (``r``, ``alpha``, ``dropout``; null means full fine-tuning), ``max_length``, ``resume_from``
+(a checkpoint directory relative to JOB_DIR, or null), ``attempt`` (1, 2, …),
 ``parent_adapters`` (absolute LoRA adapter folders to merge into the base, in order, before training: the lineage
-of an ``ft:`` model the job trains on; empty for a catalog model).
+of an ``ft:`` model the job trains on; empty for a catalog model). For "reinforcement" also: ``grader`` (a grader
+object as validated by ``openft.graders.validate_grader``) and ``grader_endpoint`` (``{"base_url": str,
+"api_key": str | null}``, the OpenAI-compatible endpoint score_model and label_model graders ask; may be absent,
+then the graders' default).
 
 Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time in float seconds):
 
@@ -29,9 +34,17 @@ Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time i
   validation batch, ``full_valid_*`` the whole validation set at epoch ends. For "dpo", ``train_mean_token_accuracy``
   is the reward accuracy, and ``data`` also holds ``train_reward_margin``, ``train_reward_accuracy``,
   ``train_chosen_logps`` and ``train_rejected_logps``, each with its ``valid_``/``full_valid_`` counterpart when
-  there is a validation file (definitions in ``openft.train.dpo``)
-* ``{"kind": "checkpoint", "step": int, "path": "checkpoints/checkpoint-3", "reason": "epoch"|"pause"|"final",
-  "metrics": {...}}`` – a complete, fsync'd checkpoint whose model can be sampled
+  there is a validation file (definitions in ``openft.train.dpo``). For "reinforcement" the message reads
+  ``"Step 3/20 , train mean reward=0.4200[, full validation mean reward=…, full validation mean parse error=…]"``
+  and ``data`` holds ``step``, ``total_steps``, ``train_loss`` (the GRPO loss), ``train_mean_reward``,
+  ``train_mean_parse_error``, ``train_mean_grader_error``, ``completion_tokens_mean``, ``scores``, ``errors``,
+  ``step_time_s``, ``generation_time_s``, ``grading_time_s``, and at validation steps ``full_valid_mean_reward``,
+  ``full_valid_mean_parse_error``, ``full_valid_mean_grader_error`` and ``eval_time_s`` (no
+  ``train_mean_token_accuracy``; definitions in ``openft.train.rft``)
+* ``{"kind": "checkpoint", "step": int, "path": "checkpoints/checkpoint-3", "reason": "epoch"|"eval"|"pause"|"final",
+  "metrics": {...}}`` – a complete, fsync'd checkpoint whose model can be sampled; ``metrics`` are the step's
+  numeric metrics (nested ones such as ``scores`` stay in the metrics record). "eval" checkpoints are those of
+  "reinforcement" jobs, at each validation step but the last, in place of epoch ends
 * ``{"kind": "progress", "step": int, "total_steps": int, "seconds_per_step": float}`` – for ``estimated_finish``
 
 ``result.json``: ``{"status": "succeeded", "trained_tokens": int, "checkpoint": "checkpoints/final",

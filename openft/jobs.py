@@ -15,6 +15,7 @@ from openft import protocol as p
 from openft import tables as t
 from openft.config import Settings
 from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.graders.validate import validate_grader
 from openft.ids import new_id, now
 from openft.store import Scope, Store
 
@@ -48,8 +49,13 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 
 AUTO_LR_MULTIPLIER = 2.0
 AUTO_BETA = 0.1  # DPO's beta when "auto" (TRL's default and OpenAI's examples)
-METHODS = {"supervised": p.SupervisedHyperparameters, "dpo": p.DpoHyperparameters}
-HP_LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256)}
+AUTO_COMPUTE_MULTIPLIER = 1.0
+METHODS = {
+    "supervised": p.SupervisedHyperparameters,
+    "dpo": p.DpoHyperparameters,
+    "reinforcement": p.ReinforcementHyperparameters,
+}
+HP_LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "eval_interval": (1, 100000), "eval_samples": (1, 64)}
 
 
 def next_status(job: t.Job, action: str) -> str:
@@ -159,7 +165,13 @@ def _normalize_method(req: p.CreateJobRequest) -> dict:
     values = hp.model_dump()
     for name, value in values.items():
         _check_hyperparameter(f"{param}.{name}", name, value)
-    return {"type": kind, kind: {"hyperparameters": values}}
+    normalized = {"type": kind, kind: {"hyperparameters": values}}
+    if kind == "reinforcement":
+        if section is None or section.grader is None:
+            raise InvalidRequest("method.reinforcement.grader is required.", param="method.reinforcement.grader")
+        normalized[kind]["grader"] = validate_grader(section.grader, "method.reinforcement.grader")
+        normalized[kind]["response_format"] = section.response_format
+    return normalized
 
 
 def top_hyperparameters(method: dict) -> dict:
@@ -177,6 +189,10 @@ def _check_hyperparameter(param: str, name: str, value) -> None:
         lo, hi = HP_LIMITS[name]
         if not (isinstance(value, int) and lo <= value <= hi):
             raise InvalidRequest(f"{param} must be an integer from {lo} to {hi}, got {value}.", param=param)
+    elif name == "reasoning_effort":
+        return  # a Literal: pydantic has checked it
+    elif name == "compute_multiplier" and not (1e-5 <= value <= 10):
+        raise InvalidRequest(f"{param} must be from 0.00001 to 10, got {value}.", param=param)
     elif name == "beta" and not (0 < value <= 2):
         raise InvalidRequest(f"{param} must be greater than 0 and at most 2, got {value}.", param=param)
     elif not (value > 0 and math.isfinite(value)):
@@ -191,7 +207,8 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
 
     n_epochs: OpenAI's heuristic (3, more for small files so that about 100 examples are seen, fewer for huge ones).
     batch_size: about 0.2 % of the examples, from 1 to 256. learning_rate_multiplier: 2.0 (scales
-    Settings.base_learning_rate). DPO's beta: 0.1.
+    Settings.base_learning_rate). DPO's beta: 0.1. Reinforcement: compute_multiplier 1.0, eval_interval a quarter
+    of the job's steps (at least 1), eval_samples 1.
     """
     hp = dict(requested)
     if hp["n_epochs"] == "auto":
@@ -207,6 +224,12 @@ def resolve_hyperparameters(requested: dict, n_examples: int) -> dict:
         hp["learning_rate_multiplier"] = AUTO_LR_MULTIPLIER
     if hp.get("beta") == "auto":
         hp["beta"] = AUTO_BETA
+    if hp.get("compute_multiplier") == "auto":
+        hp["compute_multiplier"] = AUTO_COMPUTE_MULTIPLIER
+    if hp.get("eval_interval") == "auto":  # about 4 validations a job, at least one step apart
+        hp["eval_interval"] = max(1, total_steps(hp, n_examples) // 4)
+    if hp.get("eval_samples") == "auto":
+        hp["eval_samples"] = 1
     return hp
 
 

@@ -36,11 +36,24 @@ class DpoSection(Strict):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class ReinforcementHyperparameters(SupervisedHyperparameters):
+    compute_multiplier: AutoFloat = "auto"
+    eval_interval: Auto = "auto"
+    eval_samples: Auto = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
+class ReinforcementSection(Strict):
+    grader: dict[str, Any] | None = None
+    hyperparameters: ReinforcementHyperparameters | None = None
+    response_format: dict[str, Any] | None = None
+
+
 class Method(Strict):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: MethodSection | None = None
     dpo: DpoSection | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementSection | None = None
 
 
 class WandbIntegration(BaseModel):

@@ -24,7 +24,7 @@ from openft.ids import checkpoint_model_name, fine_tuned_model_name, new_id, now
 from openft.store import Store
 
 log = logging.getLogger("openft.scheduler")
-KEEP_EPOCH_CHECKPOINTS = 3
+KEEP_CHECKPOINTS = 3
 
 
 class Scheduler:
@@ -72,16 +72,14 @@ class Scheduler:
             self.store.transition(job.id, "validating_files", "failed", [event], error=report.error, finished_at=now())
             return
         hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples)
-        method = {"type": kind, kind: {"hyperparameters": hp}}
+        method = {**job.method, kind: {**job.method[kind], "hyperparameters": hp}}
         steps = jobs.total_steps(hp, report.n_examples)
         lr = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
+        listed = ", ".join(f"{name}={value}" for name, value in hp.items())
         events = [
             {"message": f"Files validated: {report.n_examples} training examples"},
             {
-                "message": f"Hyperparameters: n_epochs={hp['n_epochs']}, batch_size={hp['batch_size']}, "
-                f"learning_rate_multiplier={hp['learning_rate_multiplier']}"
-                + (f", beta={hp['beta']}" if "beta" in hp else "")
-                + f" (learning rate {lr:g}, {steps} steps)",
+                "message": f"Hyperparameters: {listed} (learning rate {lr:g}, {steps} steps)",
                 "data": {**hp, "learning_rate": lr, "total_steps": steps},
             },
             {"message": "Files validated, moving job to queued state"},
@@ -157,6 +155,10 @@ class Scheduler:
             "resume_from": job.resume_from,
             "attempt": attempt,
         }
+        if job.method["type"] == "reinforcement":
+            spec["grader"] = job.method["reinforcement"]["grader"]
+            spec["grader_endpoint"] = {"base_url": self.settings.grader_model_base_url,
+                                       "api_key": self.settings.grader_model_api_key}
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
 
@@ -224,7 +226,7 @@ class Scheduler:
 
     def _last_resumable(self, job: t.Job) -> t.Checkpoint | None:
         """The newest checkpoint that carries the full trainer state (epoch or pause, never the final adapter)."""
-        done = [c for c in self.store.checkpoints_of(job.id) if c.reason in ("epoch", "pause")]
+        done = [c for c in self.store.checkpoints_of(job.id) if c.reason in ("epoch", "eval", "pause")]
         done = [c for c in done if (Path(c.path) / "trainer_state.json").exists()]
         return max(done, key=lambda c: c.step_number, default=None)
 
@@ -276,7 +278,7 @@ class Scheduler:
                 remaining = (r["total_steps"] - r["step"]) * r["seconds_per_step"]
                 fields["estimated_finish"] = int(r["ts"] + remaining)
         if self.store.ingest(job.id, job.status, offset, events, checkpoints, **fields):
-            if any(c.reason == "epoch" for c in checkpoints):
+            if checkpoints:
                 self._rotate(job, job_dir)
 
     def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
@@ -292,11 +294,18 @@ class Scheduler:
         )
 
     def _rotate(self, job: t.Job, job_dir: Path) -> None:
-        """Keep the checkpoints of the last 3 epochs, as OpenAI does (pause checkpoints are kept)."""
-        epochs = [c for c in self.store.checkpoints_of(job.id) if c.reason == "epoch"]
-        old = epochs[:-KEEP_EPOCH_CHECKPOINTS]
-        resume = str(job_dir / job.resume_from) if job.resume_from else None
-        old = [c for c in old if c.path != resume]
+        """Keep the checkpoints of the last 3 epochs, as OpenAI does, and of reinforcement jobs the 3 validation
+        checkpoints with the best full_valid_mean_reward (pause checkpoints, the newest checkpoint, and the one the
+        job resumes from are kept too: a crashed attempt restarts from the newest)."""
+        rows = self.store.checkpoints_of(job.id)
+        epochs = [c for c in rows if c.reason == "epoch"]
+        evals = sorted((c for c in rows if c.reason == "eval"),
+                       key=lambda c: (c.metrics.get("full_valid_mean_reward") or 0.0, c.step_number), reverse=True)
+        old = epochs[:-KEEP_CHECKPOINTS] + evals[KEEP_CHECKPOINTS:]
+        keep = {str(job_dir / job.resume_from) if job.resume_from else None}
+        if rows:
+            keep.add(max(rows, key=lambda c: c.step_number).path)
+        old = [c for c in old if c.path not in keep]
         self.store.delete_checkpoints([c.id for c in old])
         for c in old:
             shutil.rmtree(c.path, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Validation of fine-tuning files (contract §4.1–4.3, §4.5): the rules and their error messages.
+"""Validation of fine-tuning files (contract §4.1–4.5): the rules and their error messages.
 
 ``validate_training_file`` checks a JSONL file and either counts its examples or names the first problem with its
 1-based line number and the rule broken, as the ``error`` object of a failed job (``code``, ``param``, ``message``).
@@ -7,7 +7,10 @@ Standard library only: it runs in the API process, which never imports torch.
 The job's ``method`` decides the format: "supervised" takes the chat format or the legacy prompt/completion
 format (one per file); "dpo" takes the preference format ``{"input": {"messages", "tools"?,
 "parallel_tool_calls"?}, "preferred_output": [one assistant message], "non_preferred_output": [one assistant
-message]}``, whose messages follow the chat format's rules (roles, keys, content, tool calls, tool definitions).
+message]}``, whose messages follow the chat format's rules (roles, keys, content, tool calls, tool definitions);
+"reinforcement" takes the reinforcement format ``{"messages": [...], "tools"?: [...], <any other key>}`` (contract
+§4.4): the prompt the model answers, whose messages follow the chat format's rules and whose last message is a user
+or developer message; every other key is the grader's ``{{item.<key>}}`` and is not checked.
 
 Decisions where OpenAI documents nothing:
 
@@ -21,6 +24,10 @@ Decisions where OpenAI documents nothing:
 * An empty ``tools`` list is accepted, and so is an empty assistant ``content`` beside a tool or function call.
 * Preference format: ``weight`` is rejected on every message (the spec's preference messages have none, and a DPO
   pair has no turns to leave out); ``input.messages`` may hold earlier assistant turns (multi-turn context).
+* Reinforcement format: ``system`` messages are accepted beside ``developer`` ones (OpenAI's RFT examples use
+  developer and Azure's guide says no system, but ported chat data has system turns, and the models served render
+  both the same way); the deprecated ``function`` role is not (the spec lists developer, user, assistant and tool);
+  ``weight`` is rejected (no turn of a prompt is trained); earlier assistant and tool turns are context.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ FORMAT_NAMES = {
     "prompt_completion": "the legacy format ('prompt'/'completion')",
     "preference": "the preference format ('input', 'preferred_output', 'non_preferred_output')",
 }
+REINFORCEMENT_LAST_ROLES = ("user", "developer")
 
 
 @dataclass
@@ -57,7 +65,7 @@ class ValidationReport:
     """``n_examples`` counts the examples read (all of them when ``error`` is None)."""
 
     n_examples: int
-    format: Literal["chat", "prompt_completion", "preference"]
+    format: Literal["chat", "prompt_completion", "preference", "reinforcement"]
     error: dict | None = None
 
 
@@ -69,13 +77,13 @@ def validate_training_file(
     data: bytes, *, param: str, min_examples: int, method: str = "supervised"
 ) -> ValidationReport:
     """Validate a training (``param="training_file"``) or validation (``"validation_file"``) file for a job of
-    ``method`` ("supervised" or "dpo").
+    ``method`` ("supervised", "dpo" or "reinforcement").
 
     ``min_examples`` applies to the training file only; a validation file needs at least one example.
     """
     if method not in CHECKS:
         raise ValueError(f"no validation rules for method {method!r}")
-    check_example, default_format = CHECKS[method], ("preference" if method == "dpo" else "chat")
+    check_example, default_format = CHECKS[method], DEFAULT_FORMATS[method]
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     n, file_format = 0, None
     for number, raw in enumerate(io.BytesIO(data), start=1):  # streams lines: files reach 512 MB
@@ -181,7 +189,36 @@ def _check_preference_message(message: object, where: str) -> None:
         raise _Invalid(f"{where} ({message['role']}) has 'weight', which the preference format does not use")
 
 
-CHECKS = {"supervised": _check_example, "dpo": _check_preference}
+def _check_reinforcement(example: dict) -> str:
+    if "messages" not in example:
+        for other, keys in (("preference", PREFERENCE_KEYS), ("prompt_completion", LEGACY_KEYS)):
+            if any(key in example for key in keys):
+                raise _Invalid(f"uses {FORMAT_NAMES[other]}, but method 'reinforcement' needs 'messages' (the prompt, "
+                               "ending with a user or developer message)")
+        raise _Invalid("has no 'messages'; the reinforcement format needs 'messages' (the prompt, ending with a user "
+                       "or developer message) and takes any other key for the grader as {{item.<key>}}")
+    messages = example["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise _Invalid(f"'messages' must be a non-empty list, got {_kind(messages)}")
+    for index, message in enumerate(messages, start=1):
+        where = f"message {index}"
+        if isinstance(message, dict) and message.get("role") == "function":
+            raise _Invalid(f"{where} has role 'function', which the reinforcement format does not take (expected "
+                           "one of system, developer, user, assistant, tool)")
+        _check_message(message, where)
+        if message.get("weight") is not None:
+            raise _Invalid(f"{where} ({message['role']}) has 'weight', which the reinforcement format does not use "
+                           "(no turn of the prompt is trained)")
+    last = messages[-1]["role"]
+    if last not in REINFORCEMENT_LAST_ROLES:
+        raise _Invalid(f"ends with a message of role {last!r}; in the reinforcement format the last message must be "
+                       "a user or developer message (the model's answer to it is what the grader grades)")
+    _check_definitions(example.get("tools"), "tools", wrapped=True)
+    return "reinforcement"
+
+
+CHECKS = {"supervised": _check_example, "dpo": _check_preference, "reinforcement": _check_reinforcement}
+DEFAULT_FORMATS = {"supervised": "chat", "dpo": "preference", "reinforcement": "reinforcement"}
 
 
 def _check_legacy(example: dict) -> None:

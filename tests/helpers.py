@@ -83,3 +83,13 @@ def preference_rows(n: int, offset: int = 0) -> list[dict]:
             "non_preferred_output": [{"role": "assistant", "content": f"I think it might be item {i + 1}, maybe."}],
         })
     return rows
+
+
+def reinforcement_rows(n: int, offset: int = 0) -> list[dict]:
+    """n small RFT rows (OpenAI's format): a prompt ending with a user message, plus fields for the grader."""
+    return [{"messages": [{"role": "user", "content": f"Name item number {i}."}], "answer": f"item {i}"}
+            for i in range(offset, offset + n)]
+
+
+FUZZY_GRADER = {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match"}

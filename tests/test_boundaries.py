@@ -31,7 +31,7 @@ def test_api_process_never_imports_torch(tmp_path):
 
 def test_trainer_never_imports_the_web_stack_or_sql():
     modules = _modules_after("import openft.train.__main__, openft.train.sft, openft.train.dpo, openft.train.data, "
-                               "openft.infer.worker, openft.infer.engine, openft.export")
+                               "openft.train.rft, openft.infer.worker, openft.infer.engine, openft.export")
     assert "torch" in modules or "transformers" in modules or "trl" in modules
     assert not modules & {"fastapi", "starlette", "sqlalchemy", "uvicorn", "alembic", "httpx"}
 

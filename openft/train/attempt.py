@@ -1,9 +1,9 @@
 """What every recipe's attempt shares: where it resumes from, the Trainer settings that make runs repeatable, the
 callback that reports each step and honours the control file, and the verdict it ends with.
 
-A recipe (``sft``, ``dpo``) reads top to bottom as: tokenize the files, load the model (``models``), build its TRL
-trainer with ``training_args`` and a ``JobCallback``, ``train(resume_from_checkpoint=resume_dir(...))``, then
-``finish``. What differs between recipes is the trainer and the figures each step reports; the callback takes the
+A recipe (``sft``, ``dpo``, ``rft``) reads top to bottom as: tokenize the files, load the model (``models``), build
+its TRL trainer with ``training_args`` and a ``JobCallback``, ``train(resume_from_checkpoint=resume_dir(...))``,
+then ``finish``. What differs between recipes is the trainer and the figures each step reports; the callback takes the
 latter as a function.
 
 Pause and exactness follow notes/training-prototype.md §2–3: control is honoured only at optimizer-step ends; a pause
@@ -14,12 +14,13 @@ Trainer settings that differ from TRL's defaults, and why: fp32 (TRL defaults to
 native bf16), no activation checkpointing (~40 % slower; memory is not the limit on the models served), one batch
 per optimizer step with the last one partial (OpenAI's steps = ceil(examples / batch_size) × epochs), a linear
 decay to zero without warmup (jobs are tens of steps long, and LoRA's B = 0 start already makes the first updates
-small), and checkpoints at epoch ends (OpenAI's schedule). The Trainer's checkpoint of the last epoch is not
-written: the final weights go to ``checkpoints/final``.
+small), and checkpoints at epoch ends (OpenAI's schedule; ``rft`` checkpoints at its validation steps instead).
+The Trainer's checkpoint of the last epoch is not written: the final weights go to ``checkpoints/final``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -64,9 +65,10 @@ def tokenize(job_dir: Path, spec: dict, key: str, tokenize_file, tokenizer, warn
 
 
 def training_args(config_class, job_dir: Path, spec: dict, **recipe_settings):
-    """The recipe's TRL config (``SFTConfig``, ``DPOConfig``) with the settings every recipe shares."""
+    """The recipe's TRL config (``SFTConfig``, ``DPOConfig``, ``GRPOConfig``) with the settings every recipe shares;
+    ``recipe_settings`` add to them or replace them."""
     hp = spec["hyperparameters"]
-    return config_class(
+    shared = dict(
         output_dir=str(job_dir / jobdir.CHECKPOINTS),
         per_device_train_batch_size=hp["batch_size"],
         gradient_accumulation_steps=1,
@@ -80,15 +82,16 @@ def training_args(config_class, job_dir: Path, spec: dict, **recipe_settings):
         bf16=False,
         fp16=False,
         activation_checkpointing=False,
-        max_length=None,  # data.py has truncated every example already
         logging_steps=1,
         save_strategy="epoch",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
         disable_tqdm=True,
-        **recipe_settings,
     )
+    if any(f.name == "max_length" for f in dataclasses.fields(config_class)):
+        shared["max_length"] = None  # data.py has truncated every example already
+    return config_class(**(shared | recipe_settings))
 
 
 def batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
@@ -128,8 +131,11 @@ class JobCallback(TrainerCallback):
     """Reports each optimizer step, checkpoints at epoch ends, and honours the control file (pause | cancel).
 
     ``measure(trainer, step)`` returns the step's figures (everything but ``step`` and ``total_steps``); it runs
-    in ``on_step_end``, after the optimizer step and before the Trainer logs or saves.
+    in ``on_step_end``, after the optimizer step and before the Trainer logs or saves. ``save_reason`` is the
+    ``reason`` of the checkpoints the Trainer saves on its own schedule (a recipe with another schedule overrides it).
     """
+
+    save_reason = "epoch"
 
     def __init__(self, job_dir: Path, measure: Callable[[object, int], dict]):
         self.job_dir = job_dir
@@ -175,7 +181,7 @@ class JobCallback(TrainerCallback):
         if self.stop == "pause":
             return  # reported by finish, once train() has returned
         path = f"{jobdir.CHECKPOINTS}/checkpoint-{state.global_step}"
-        reporting.checkpoint(self.job_dir, state.global_step, path, "epoch", self.last_metrics)
+        reporting.checkpoint(self.job_dir, state.global_step, path, self.save_reason, self.last_metrics)
 
 
 def finish(job_dir: Path, trainer, job: JobCallback, trained_tokens: int) -> dict:

@@ -23,6 +23,13 @@ def message(job_dir: Path, text: str, level: str = "info", data: dict | None = N
 
 def metrics(job_dir: Path, data: dict) -> None:
     """One optimizer step's metrics (``data`` holds step, total_steps, train_loss, … as in jobdir)."""
+    if "train_mean_reward" in data:  # reinforcement fine-tuning: OpenAI words its steps by reward
+        text = f"Step {data['step']}/{data['total_steps']} , train mean reward={data['train_mean_reward']:.4f}"
+        if "full_valid_mean_reward" in data:
+            text += (f", full validation mean reward={data['full_valid_mean_reward']:.4f}"
+                     f", full validation mean parse error={data['full_valid_mean_parse_error']:.4f}")
+        jobdir.append_record(job_dir, {"kind": "metrics", "message": text, "data": data})
+        return
     text = f"Step {data['step']}/{data['total_steps']}: training loss={data['train_loss']:.4f}"
     if "valid_loss" in data:
         text += f", validation loss={data['valid_loss']:.4f}"
@@ -37,9 +44,13 @@ def progress(job_dir: Path, step: int, total_steps: int, seconds_per_step: float
 
 
 def checkpoint(job_dir: Path, step: int, path: str, reason: str, step_metrics: dict) -> None:
-    """Announce the checkpoint at ``job_dir/path``, made durable first: only complete checkpoints are reported."""
+    """Announce the checkpoint at ``job_dir/path``, made durable first: only complete checkpoints are reported.
+
+    Its metrics are the step's numbers (OpenAI's checkpoint ``metrics`` hold floats only: nested objects such as
+    RFT's ``scores`` stay in the metrics event)."""
     fsync_tree(job_dir / path)
-    fields = {k: v for k, v in step_metrics.items() if k != "total_steps"}
+    fields = {k: v for k, v in step_metrics.items()
+              if k != "total_steps" and (v is None or isinstance(v, (int, float)))}
     record = {"kind": "checkpoint", "step": step, "path": path, "reason": reason, "metrics": fields}
     jobdir.append_record(job_dir, record)
 
@@ -66,7 +77,11 @@ def write_results_csv(job_dir: Path) -> None:
     writer.writerow(RESULTS_HEADER)
     for step in sorted(by_step):
         d = by_step[step]
-        row = [d["train_loss"], d["train_mean_token_accuracy"], d.get("valid_loss"), d.get("valid_mean_token_accuracy")]
+        if "train_mean_reward" in d:  # reinforcement: rewards stand in the accuracy columns (see openft.train.rft)
+            row = [d["train_loss"], d["train_mean_reward"], None, d.get("full_valid_mean_reward")]
+        else:
+            row = [d["train_loss"], d["train_mean_token_accuracy"], d.get("valid_loss"),
+                   d.get("valid_mean_token_accuracy")]
         writer.writerow([step] + ["" if value is None else f"{value:.5f}" for value in row])
     tmp = job_dir / (jobdir.RESULTS_CSV + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
