@@ -1,9 +1,10 @@
-"""The model domain: what a model name means for an organization, and deleting fine-tuned models.
+"""The model domain: what a model name means for an organization; deleting and exporting fine-tuned models.
 
-A name is either a catalog base model (``Settings.catalog()``) or a fine-tuned model or checkpoint of the caller's
-organization (a row of ``checkpoints``), or one another organization shared with it (``openft.permissions``). A fine-tuned model is its base plus a chain of LoRA adapters: a job that
-trained on top of ``ft:…`` adds its own adapter to its parent's chain. ``resolve`` turns a name into that chain,
-which is what training (``spec.json``: ``base_model_path`` + ``parent_adapters``) and sampling need.
+A name is either a catalog base model (``Settings.catalog()``), a fine-tuned model or checkpoint of the caller's
+organization (a row of ``checkpoints``), or one that another organization shared with it (``openft.permissions``).
+A fine-tuned model is its base plus a chain of LoRA adapters: a job that trained on top of ``ft:…`` adds its own
+adapter to its parent's chain. ``resolve`` turns a name into that chain, which is what training (``spec.json``:
+``base_model_path`` + ``parent_adapters``), sampling and export need.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     for _ in range(MAX_LINEAGE):
         if job.model in catalog:
             break
-        parent = store.model_by_name(job.organization_id, job.model) or store.shared_model(job.organization_id, job.model)
+        org_of_job = job.organization_id
+        parent = store.model_by_name(org_of_job, job.model) or store.shared_model(org_of_job, job.model)
         if parent is None:  # deleted since: this model cannot be rebuilt
             raise not_found(name)
         adapters.insert(0, parent.path)

@@ -71,7 +71,7 @@ class Scheduler:
             event = {"message": report.error["message"], "level": "error"}
             self.store.transition(job.id, "validating_files", "failed", [event], error=report.error, finished_at=now())
             return
-        hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples)
+        hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples, kind)
         method = {**job.method, kind: {**job.method[kind], "hyperparameters": hp}}
         steps = jobs.total_steps(hp, report.n_examples)
         lr = self.settings.base_learning_rate * hp["learning_rate_multiplier"]

@@ -93,3 +93,13 @@ def reinforcement_rows(n: int, offset: int = 0) -> list[dict]:
 
 FUZZY_GRADER = {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
                 "reference": "{{item.answer}}", "evaluation_metric": "fuzzy_match"}
+
+
+def assert_fails_at_line_3(report, param: str, rule: str, words: str) -> None:
+    """A validation report for a file whose third line breaks ``rule``: failed with the right code and param, and a
+    message that names line 3 and says ``words``."""
+    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+    assert report.error is not None, rule
+    assert report.error["code"] == code and report.error["param"] == param
+    assert report.error["message"].startswith("Line 3: "), report.error["message"]
+    assert words in report.error["message"], report.error["message"]

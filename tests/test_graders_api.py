@@ -78,3 +78,24 @@ def test_model_graders_sample_the_configured_endpoint_and_cosine_runs_outside_th
         assert "libtorch" not in maps  # the cosine metric ran in a grading child process
     finally:
         upstream.close()
+
+
+def test_hostile_python_graders_through_the_api_leave_the_service_serving(server, tmp_path):
+    """The same hostile graders as the sandbox tests, aimed at the running service itself: its database, its data
+    folder, its process (the grader's grandparent) and its port. Each scores 0 with its flag; the service serves."""
+    from tests.test_python_grader_sandbox import HOSTILE
+
+    client = server.client()
+    file_id = client.files.create(file=("a.jsonl", b'{"a": 1}\n'), purpose="fine-tune").id
+    item = {"db": str(server.data_dir / "openft.db"), "keys": str(server.data_dir / "openft.db"),
+            "dir": str(server.data_dir), "pid": server.proc.pid, "port": server.port,
+            "outside": str(tmp_path / "outside.txt")}
+    for name in ("reads the service database", "queries the service database", "lists the data directory",
+                 "reads the parent's environment", "opens a socket", "forks in a loop", "kills its parent",
+                 "allocates 10 GB", "writes outside its folder"):
+        source, flag, _ = HOSTILE[name]
+        result = client.fine_tuning.alpha.graders.run(grader={"type": "python", "name": "h", "source": source},
+                                                      model_sample="x", item=item)
+        assert result.reward == 0 and getattr(result.metadata.errors, flag), name
+        assert client.files.retrieve(file_id).id == file_id, name  # still serving, data intact
+    assert server.proc.poll() is None and not (tmp_path / "outside.txt").exists()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from openft.validation import validate_training_file
+from tests.helpers import assert_fails_at_line_3
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "openft" / "examples"
 
@@ -88,11 +89,7 @@ REINFORCEMENT_RULES = [
 @pytest.mark.parametrize(("rule", "bad", "words"), REINFORCEMENT_RULES, ids=[r[0] for r in REINFORCEMENT_RULES])
 def test_a_reinforcement_file_breaking_a_rule_fails_naming_the_line_and_rule(param, rule, bad, words):
     report = validate(jsonl(GOOD, GOOD, bad, bad), param=param, min_examples=10)
-    code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
-    assert report.error is not None, rule
-    assert report.error["code"] == code and report.error["param"] == param
-    assert report.error["message"].startswith("Line 3: "), report.error["message"]
-    assert words in report.error["message"], report.error["message"]
+    assert_fails_at_line_3(report, param, rule, words)
     assert report.n_examples == 2 and report.format == "reinforcement"
 
 
