@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import all_events, chat_rows, preference_rows, step_losses, upload, wait_for, wait_for_step
+from tests.test_lifecycle import assert_valid_job
 
 HP = {"n_epochs": 2, "batch_size": 2, "beta": 0.2}
 STEPS = 2 * 8  # 16 pairs, batch 2
@@ -37,6 +38,7 @@ def test_dpo_job_paused_and_resumed_equals_an_uninterrupted_run(make_server, pre
     reference = create()
     done = wait_for(client, reference.id, "succeeded")
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    assert_valid_job(done)  # the seed's FineTuningJob schema
     assert done.fine_tuned_model.startswith("ft:tiny:")
 
     job = create()

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import FUZZY_GRADER, all_events, reinforcement_rows, upload, wait_for, wait_for_step
+from tests.test_lifecycle import assert_valid_job
 
 HP = {"n_epochs": 2, "batch_size": 2, "compute_multiplier": 0.5, "eval_interval": 2, "reasoning_effort": "low"}
 STEPS = 2 * 5  # 10 prompts, batch 2
@@ -51,6 +52,7 @@ def test_rft_job_paused_and_resumed_equals_an_uninterrupted_run(make_server):
     done = wait_for(client, reference.id, "succeeded", timeout=300)
     hp = done.method.reinforcement.hyperparameters
     assert (hp.eval_interval, hp.eval_samples, hp.compute_multiplier) == (2, 1, 0.5)
+    assert_valid_job(done)  # the seed's FineTuningJob schema
 
     job = create()
     wait_for_step(client, job.id, 6)  # in the second epoch
