@@ -96,7 +96,7 @@ def _export(settings: Settings, name: str, org: str, fmt: str, out: Path) -> int
     except APIError as err:
         print(err.message, file=sys.stderr)
         return 2
-    if not ref.adapters:
+    if not ref.adapters and not ref.whole:
         print(f"{name} is a base model: its folder is {ref.base_path}", file=sys.stderr)
         return 2
     try:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         "used ones are dropped first)."
     )
     inference_max_bases: int = Field(2, ge=1, description="Base models the inference worker keeps loaded at once.")
+    full_fine_tuning: bool = Field(
+        False, description="Train every weight instead of a LoRA adapter (an extension: more memory, slower; the "
+        "fine-tuned model is then a whole model folder)."
+    )
     lora_r: int = Field(8, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")

@@ -31,18 +31,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja", "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt")
 
 
-def export_model(base_model_path: str | Path, adapter_path: str | Path, fmt: str, out_dir: str | Path, *,
+def export_model(base_model_path: str | Path, adapter_path: str | Path | None, fmt: str, out_dir: str | Path, *,
                  base_model_name: str | None = None, parents: Sequence[str | Path] = ()) -> Path:
     """Write the fine-tuned model (``adapter_path`` on ``base_model_path``) as ``fmt`` into the new folder
     ``out_dir`` and return it. ``base_model_name`` is what the README calls the base (default: its folder name).
     ``parents``: the adapters of the ``ft:`` models it was trained on, oldest first, merged into the base first
-    (only the merged format can carry them)."""
-    base, adapter, out_dir = Path(base_model_path), Path(adapter_path), Path(out_dir)
+    (only the merged format can carry them). No ``adapter_path``: ``base_model_path`` is a fully fine-tuned model,
+    written out as it is (merged format only)."""
+    base, out_dir = Path(base_model_path), Path(out_dir)
+    adapter = Path(adapter_path) if adapter_path is not None else None
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"no base model folder at {base}")
-    if not (adapter / "adapter_config.json").is_file():
+    if adapter is None and fmt == "adapter":
+        raise ValueError("a fully fine-tuned model has no adapter; export it in the merged format")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"no LoRA adapter folder at {adapter}")
     if parents and fmt == "adapter":
         raise ValueError("this model was trained on top of another fine-tuned model: its adapter alone does not "
@@ -63,7 +67,7 @@ def export_model(base_model_path: str | Path, adapter_path: str | Path, fmt: str
     return out_dir
 
 
-def export_archive(base_model_path: str | Path, adapter_path: str | Path, fmt: str, archive_path: str | Path, *,
+def export_archive(base_model_path: str | Path, adapter_path: str | Path | None, fmt: str, archive_path: str | Path, *,
                    base_model_name: str | None = None, parents: Sequence[str | Path] = ()) -> Path:
     """``export_model`` packed as a gzip'd tar at ``archive_path`` (``NAME.tar.gz`` holds one folder ``NAME/``)."""
     archive_path = Path(archive_path)
@@ -109,7 +113,7 @@ tokenizer = AutoTokenizer.from_pretrained("PATH/TO/THIS/FOLDER")  # the tokenize
 """
 
 
-def _write_merged(base: Path, adapter: Path, out: Path, parents: list[Path]) -> None:
+def _write_merged(base: Path, adapter: Path | None, out: Path, parents: list[Path]) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,9 +127,10 @@ def _write_merged(base: Path, adapter: Path, out: Path, parents: list[Path]) -> 
         warnings.simplefilter("ignore", FutureWarning)
         for parent in parents:  # in fp32 and in order, exactly as training and sampling merge them
             model = PeftModel.from_pretrained(model, parent).merge_and_unload()
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload().to(stored_dtype)
-    merged.save_pretrained(out)  # safetensors, config.json and generation_config.json
-    source = adapter if (adapter / "tokenizer_config.json").is_file() else base
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.to(stored_dtype).save_pretrained(out)  # safetensors, config.json and generation_config.json
+    source = adapter if adapter is not None and (adapter / "tokenizer_config.json").is_file() else base
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
 
 
@@ -138,15 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m openft.export")
     parser.add_argument("--base", required=True)
     parser.add_argument("--base-name")
-    parser.add_argument("--adapter", action="append", required=True)
+    parser.add_argument("--adapter", action="append", default=[])
     parser.add_argument("--format", choices=FORMATS, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--archive", action="store_true")
     args = parser.parse_args(argv)
     write = export_archive if args.archive else export_model
     try:
-        write(args.base, args.adapter[-1], args.format, args.out, base_model_name=args.base_name,
-              parents=args.adapter[:-1])
+        write(args.base, args.adapter[-1] if args.adapter else None, args.format, args.out,
+              base_model_name=args.base_name, parents=args.adapter[:-1])
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(err, file=sys.stderr)
         return 2

@@ -33,6 +33,27 @@ class ModelRef:
     adapters: list[str] = field(default_factory=list)  # absolute adapter folders, applied in order
     created: int = BASE_CREATED
     owned_by: str = "openft"
+    whole: bool = False  # a fully fine-tuned model: base_path is its own folder, with no adapters
+
+
+def is_whole_model(path: str) -> bool:
+    """A checkpoint of full fine-tuning holds a whole model (config.json + weights) rather than a LoRA adapter."""
+    folder = Path(path)
+    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+
+
+def _root_base(store: Store, catalog: dict, row: t.Checkpoint) -> str:
+    """The catalog model at the root of ``row``'s lineage (its name goes into fine-tuned model names)."""
+    job = store.get_job(None, row.job_id)
+    for _ in range(MAX_LINEAGE):
+        if job.model in catalog:
+            return job.model
+        parent = store.model_by_name(job.organization_id, job.model) or store.shared_model(job.organization_id,
+                                                                                           job.model)
+        if parent is None:
+            break
+        job = store.get_job(None, parent.job_id)
+    return job.model
 
 
 def not_found(name: str) -> NotFound:
@@ -47,6 +68,9 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     row = store.model_by_name(org, name) or store.shared_model(org, name)
     if row is None:
         raise not_found(name)
+    if is_whole_model(row.path):  # full fine-tuning: the folder is a model of its own, parents merged in
+        return ModelRef(name=name, base=_root_base(store, catalog, row), base_path=Path(row.path),
+                        created=row.created_at, owned_by=row.organization_id, whole=True)
     adapters = [row.path]
     job = store.get_job(None, row.job_id)
     for _ in range(MAX_LINEAGE):
@@ -56,6 +80,9 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
         parent = store.model_by_name(org_of_job, job.model) or store.shared_model(org_of_job, job.model)
         if parent is None:  # deleted since: this model cannot be rebuilt
             raise not_found(name)
+        if is_whole_model(parent.path):
+            return ModelRef(name=name, base=_root_base(store, catalog, parent), base_path=Path(parent.path),
+                            adapters=adapters, created=row.created_at, owned_by=row.organization_id)
         adapters.insert(0, parent.path)
         job = store.get_job(None, parent.job_id)
     else:
@@ -109,8 +136,11 @@ def export_archive(settings: Settings, ref: ModelRef, fmt: str) -> Path:
     """The model as a downloadable .tar.gz, built once per model and format under ``<data_dir>/exports``."""
     if fmt not in EXPORT_FORMATS:
         raise InvalidRequest(f"format must be one of {', '.join(EXPORT_FORMATS)}, got '{fmt}'.", param="format")
-    if not ref.adapters:
+    if not ref.adapters and not ref.whole:
         raise InvalidRequest(f"'{ref.name}' is a base model; only fine-tuned models are exported.", param="model")
+    if fmt == "adapter" and ref.whole:
+        raise InvalidRequest(f"'{ref.name}' was fully fine-tuned: it has no adapter; export it with format=merged.",
+                             param="format")
     if fmt == "adapter" and len(ref.adapters) > 1:
         raise InvalidRequest(f"'{ref.name}' was trained on top of another fine-tuned model: its adapter alone does "
                              "not reproduce it; export it with format=merged.", param="format")

@@ -150,7 +150,8 @@ class Scheduler:
             "validation_file": paths.get("validation_file"),
             "hyperparameters": hp,
             "seed": job.seed,
-            "lora": {"r": self.settings.lora_r, "alpha": self.settings.lora_alpha, "dropout": self.settings.lora_dropout},
+            "lora": None if self.settings.full_fine_tuning else {
+                "r": self.settings.lora_r, "alpha": self.settings.lora_alpha, "dropout": self.settings.lora_dropout},
             "max_length": self.settings.max_length,
             "resume_from": job.resume_from,
             "attempt": attempt,

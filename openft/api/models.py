@@ -27,7 +27,7 @@ def list_models(who: Scope = Depends(scope), svc: Services = Depends(services)):
 def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
     """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
     ref = models.resolve(svc.store, svc.settings, who.org, model)
-    if ref.adapters and ref.owned_by != who.org:  # a shared model may be sampled, not downloaded
+    if (ref.adapters or ref.whole) and ref.owned_by != who.org:  # a shared model may be sampled, not downloaded
         raise models.not_found(model)
     path = models.export_archive(svc.settings, ref, format)
     filename = model.replace(":", "_") + f"-{format}.tar.gz"
