@@ -53,6 +53,7 @@ def _serve(settings: Settings, host: str, port: int) -> int:
 
     from openft.app import build_services, create_app
 
+    settings = settings.model_copy(update={"host": host, "port": port})  # what the service says of itself
     svc = build_services(settings)
     if svc.open_mode and not _is_loopback(host):
         print(f"Refusing to listen on {host} without API keys; create one with `openft keys create --org NAME`.",

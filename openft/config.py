@@ -50,14 +50,17 @@ class Settings(BaseSettings):
     )
     trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
     enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")
-    grader_model_base_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint that score_model and label_model graders "
-        "sample (default: this service on its default port)."
+    grader_model_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint that score_model and label_model graders sample (default: this "
+        "service, http://127.0.0.1:<port>/v1)."
     )
     grader_model_api_key: str | None = Field(None, description="Bearer key sent to that endpoint, if it needs one.")
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"
+
+    def resolved_grader_base_url(self) -> str:
+        return self.grader_model_base_url or f"http://127.0.0.1:{self.port}/v1"
 
     def resolved_blob_url(self) -> str:
         return self.blob_url or str((self.data_dir / "blobs").resolve())

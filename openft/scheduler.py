@@ -158,7 +158,7 @@ class Scheduler:
         }
         if job.method["type"] == "reinforcement":
             spec["grader"] = job.method["reinforcement"]["grader"]
-            spec["grader_endpoint"] = {"base_url": self.settings.grader_model_base_url,
+            spec["grader_endpoint"] = {"base_url": self.settings.resolved_grader_base_url(),
                                        "api_key": self.settings.grader_model_api_key}
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir

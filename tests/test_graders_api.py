@@ -99,3 +99,12 @@ def test_hostile_python_graders_through_the_api_leave_the_service_serving(server
         assert result.reward == 0 and getattr(result.metadata.errors, flag), name
         assert client.files.retrieve(file_id).id == file_id, name  # still serving, data intact
     assert server.proc.poll() is None and not (tmp_path / "outside.txt").exists()
+
+
+def test_model_graders_sample_this_service_itself_by_default(server):
+    """Without OPENFT_GRADER_MODEL_BASE_URL a score_model grader samples the service's own models on the port it
+    serves (here a random one, not 8000): the tiny model answers, whatever the score it gives."""
+    grader = {"type": "score_model", "name": "judge", "model": "tiny", "range": [0, 1],
+              "input": [{"role": "user", "content": "Score this answer: {{sample.output_text}}"}]}
+    result = server.client().fine_tuning.alpha.graders.run(grader=grader, model_sample="Paris")
+    assert result.metadata.sampled_model_name == "tiny" and result.metadata.token_usage > 0

@@ -34,7 +34,7 @@ def run(settings: Settings, grader: dict, model_sample: str, item) -> dict:
     """The run response for ``model_sample`` graded by ``grader`` with ``item`` as the dataset row."""
     grader = validate_grader(grader)
     request = {"grader": grader, "sample": make_sample(model_sample), "item": item,
-               "endpoint": {"base_url": settings.grader_model_base_url, "api_key": settings.grader_model_api_key}}
+               "endpoint": {"base_url": settings.resolved_grader_base_url(), "api_key": settings.grader_model_api_key}}
     started = time.perf_counter()
     with SLOTS:
         try:
