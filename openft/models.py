@@ -42,18 +42,20 @@ def is_whole_model(path: str) -> bool:
     return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
 
 
-def _root_base(store: Store, catalog: dict, row: t.Checkpoint) -> str:
-    """The catalog model at the root of ``row``'s lineage (its name goes into fine-tuned model names)."""
-    job = store.get_job(None, row.job_id)
+def _lineage(store: Store, catalog: dict, row: t.Checkpoint) -> tuple[list[t.Checkpoint], str]:
+    """``row`` and the fine-tuned models it was trained on, newest first, and the model the oldest of them was
+    trained on: a catalog name, unless a link is gone (deleted, or no longer shared) or the chain is too long."""
+    rows = [row]
     for _ in range(MAX_LINEAGE):
-        if job.model in catalog:
-            return job.model
-        parent = store.model_by_name(job.organization_id, job.model) or store.shared_model(job.organization_id,
-                                                                                           job.model)
+        job = store.get_job(None, rows[-1].job_id)
+        parent = None
+        if job.model not in catalog:
+            parent = store.model_by_name(job.organization_id, job.model) or store.shared_model(job.organization_id,
+                                                                                               job.model)
         if parent is None:
-            break
-        job = store.get_job(None, parent.job_id)
-    return job.model
+            return rows, job.model
+        rows.append(parent)
+    return rows, ""
 
 
 def not_found(name: str) -> NotFound:
@@ -68,27 +70,15 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     row = store.model_by_name(org, name) or store.shared_model(org, name)
     if row is None:
         raise not_found(name)
-    if is_whole_model(row.path):  # full fine-tuning: the folder is a model of its own, parents merged in
-        return ModelRef(name=name, base=_root_base(store, catalog, row), base_path=Path(row.path),
-                        created=row.created_at, owned_by=row.organization_id, whole=True)
-    adapters = [row.path]
-    job = store.get_job(None, row.job_id)
-    for _ in range(MAX_LINEAGE):
-        if job.model in catalog:
-            break
-        org_of_job = job.organization_id
-        parent = store.model_by_name(org_of_job, job.model) or store.shared_model(org_of_job, job.model)
-        if parent is None:  # deleted since: this model cannot be rebuilt
-            raise not_found(name)
-        if is_whole_model(parent.path):
-            return ModelRef(name=name, base=_root_base(store, catalog, parent), base_path=Path(parent.path),
-                            adapters=adapters, created=row.created_at, owned_by=row.organization_id)
-        adapters.insert(0, parent.path)
-        job = store.get_job(None, parent.job_id)
-    else:
+    rows, root = _lineage(store, catalog, row)
+    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id}
+    for i, link in enumerate(rows):
+        if is_whole_model(link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
+            adapters = [r.path for r in reversed(rows[:i])]
+            return ModelRef(base=root, base_path=Path(link.path), adapters=adapters, whole=i == 0, **owner)
+    if root not in catalog:  # a link of the chain is gone: the model cannot be rebuilt
         raise not_found(name)
-    return ModelRef(name=name, base=job.model, base_path=Path(catalog[job.model]), adapters=adapters,
-                    created=row.created_at, owned_by=row.organization_id)
+    return ModelRef(base=root, base_path=Path(catalog[root]), adapters=[r.path for r in reversed(rows)], **owner)
 
 
 def list_models(store: Store, settings: Settings, org: str) -> list[ModelRef]:
