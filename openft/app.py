@@ -13,10 +13,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from openft.api import chat, checkpoints, files, graders, jobs, models
+from openft.api.guard import Guard
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
 from openft.executors import LocalExecutor
+from openft.graders.worker import GraderSlots
 from openft.infer.client import InferenceClient
 from openft.scheduler import Scheduler
 from openft.services import Services
@@ -47,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.enable_scheduler:
             scheduler.start()
         app.state.scheduler = scheduler
+        app.state.grader_slots = GraderSlots(settings.grader_concurrency, settings.grader_concurrency_per_org,
+                                             settings.grader_queue_per_org)
         # The inference worker (torch) starts at the first chat completion, never in this process.
         app.state.inference = InferenceClient(
             max_adapter_bytes=settings.inference_max_adapter_bytes, max_bases=settings.inference_max_bases,
@@ -64,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
     _install_error_handlers(app)
+    app.add_middleware(Guard, prefixes=PREFIXES)  # inside request_id, so that its answers carry the id too
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
@@ -78,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     @app.get("/health", include_in_schema=False)
-    def health():
+    async def health():  # on the event loop: it answers even when every request thread is busy
         return {"status": "ok"}
 
     return app

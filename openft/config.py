@@ -54,7 +54,29 @@ class Settings(BaseSettings):
         None, description="OpenAI-compatible endpoint that score_model and label_model graders sample (default: this "
         "service, http://127.0.0.1:<port>/v1)."
     )
-    grader_model_api_key: str | None = Field(None, description="Bearer key sent to that endpoint, if it needs one.")
+    grader_model_api_key: str | None = Field(
+        None, description="Bearer key sent to an external OPENFT_GRADER_MODEL_BASE_URL, if it needs one. Unused when "
+        "model graders sample this service: they then sample as the organization that runs them."
+    )
+    max_request_bytes: int = Field(
+        8 << 20, ge=1024, description="Largest request body other than a file upload, in bytes; larger is a 413."
+    )
+    max_json_depth: int = Field(
+        64, ge=4, description="Deepest nesting of arrays and objects in a JSON request body; deeper is a 400."
+    )
+    max_requests_per_key: int = Field(
+        64, ge=1, description="Requests one organization may have in progress at once; more are answered 429 with "
+        "Retry-After."
+    )
+    grader_concurrency: int = Field(
+        4, ge=1, description="Graders that graders/run runs at once, over all organizations (each is a process)."
+    )
+    grader_concurrency_per_org: int = Field(
+        2, ge=1, description="Graders that one organization's graders/run calls may run at once."
+    )
+    grader_queue_per_org: int = Field(
+        8, ge=0, description="graders/run calls of one organization that may wait for a slot; more are a 429."
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"

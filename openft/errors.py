@@ -43,3 +43,18 @@ class Conflict(APIError):
 
 class TooLarge(APIError):
     status = 413
+
+
+class Forbidden(APIError):
+    status = 403
+
+
+class RateLimited(APIError):
+    """Too many requests in progress: the SDK retries after ``Retry-After`` seconds."""
+
+    status = 429
+    type = "requests"
+
+    def __init__(self, message: str, *, retry_after: int = 1):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.headers = {"retry-after": str(retry_after)}

@@ -20,6 +20,7 @@ from openft import jobdir, jobs, models, validation
 from openft import tables as t
 from openft.blobs import Blobs
 from openft.config import Settings
+from openft.graders.worker import endpoint_for as grader_endpoint
 from openft.ids import checkpoint_model_name, fine_tuned_model_name, new_id, now, short_id
 from openft.store import Store
 
@@ -158,8 +159,7 @@ class Scheduler:
         }
         if job.method["type"] == "reinforcement":
             spec["grader"] = job.method["reinforcement"]["grader"]
-            spec["grader_endpoint"] = {"base_url": self.settings.resolved_grader_base_url(),
-                                       "api_key": self.settings.grader_model_api_key}
+            spec["grader_endpoint"] = grader_endpoint(self.settings, job.organization_id, job.id)
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from openft.api.deps import scope, services
 from openft.graders import validate_grader, worker
 from openft.protocol import Strict
 from openft.services import Services
+from openft.store import Scope
 
 router = APIRouter(prefix="/fine_tuning/alpha/graders", tags=["graders"], dependencies=[Depends(scope)])
 
@@ -25,9 +26,11 @@ class ValidateGraderRequest(Strict):
 
 
 @router.post("/run")
-def run_grader(req: RunGraderRequest, svc: Services = Depends(services)) -> dict:
-    # a plain def: FastAPI runs it on a worker thread while the grading child process works
-    return worker.run(svc.settings, req.grader, req.model_sample, req.item)
+async def run_grader(req: RunGraderRequest, request: Request, who: Scope = Depends(scope),
+                     svc: Services = Depends(services)) -> dict:
+    # async: the grading child is awaited on the event loop, holding no request thread while it works or waits
+    return await worker.run(svc.settings, request.app.state.grader_slots, who.org, req.grader, req.model_sample,
+                            req.item)
 
 
 @router.post("/validate")

@@ -13,6 +13,7 @@ import json
 import re
 
 from openft.graders.outcome import GradeError
+from openft.limits import MAX_SAMPLE_JSON_DEPTH, too_deep
 
 NAMESPACES = ("item", "sample")
 SAMPLE_FIELDS = ("output_text", "output_json", "output_tools", "choices", "output_audio")
@@ -96,10 +97,10 @@ def make_sample(output_text: str, tool_calls: list | None = None, output_json=No
 
     >>> make_sample('{"a": 1}')["output_json"]
     {'a': 1}
-    >>> make_sample("plain")["output_json"] is None
-    True
+    >>> make_sample("plain")["output_json"] is None, make_sample("[" * 990 + "]" * 990)["output_json"] is None
+    (True, True)
     """
-    if output_json is None:
+    if output_json is None and not too_deep(output_text.encode(), MAX_SAMPLE_JSON_DEPTH):
         try:
             output_json = json.loads(output_text)
         except ValueError:
