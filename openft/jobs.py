@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 
 from openft import models
@@ -125,9 +126,14 @@ def _check_file(store: Store, scope: Scope, file_id: str, param: str) -> None:
         )
 
 
+SUFFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def _check_suffix(suffix: str | None) -> None:
-    if suffix is not None and (":" in suffix or not suffix.isprintable()):
-        raise InvalidRequest("suffix may not contain ':' or non-printable characters.", param="suffix")
+    # the suffix becomes part of a model name, a folder and an export's file name: no separators, no '..'
+    if suffix is not None and (not SUFFIX.fullmatch(suffix) or ".." in suffix):
+        raise InvalidRequest("suffix must be 1 to 64 letters, digits, '-', '_' or '.' (and no '..').",
+                             param="suffix")
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

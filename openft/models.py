@@ -13,12 +13,13 @@ import hashlib
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from openft import tables as t
 from openft.config import Settings
-from openft.errors import Conflict, InvalidRequest, NotFound
+from openft.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from openft.store import Store
 
 BASE_CREATED = 1704067200  # catalog models carry no creation time of their own
@@ -34,6 +35,7 @@ class ModelRef:
     created: int = BASE_CREATED
     owned_by: str = "openft"
     whole: bool = False  # a fully fine-tuned model: base_path is its own folder, with no adapters
+    owners: frozenset[str] = frozenset()  # the organizations whose fine-tuned weights are in it (its lineage)
 
 
 def is_whole_model(path: str) -> bool:
@@ -71,7 +73,8 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     if row is None:
         raise not_found(name)
     rows, root = _lineage(store, catalog, row)
-    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id}
+    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id,
+             "owners": frozenset(link.organization_id for link in rows)}
     for i, link in enumerate(rows):
         if is_whole_model(link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
             adapters = [r.path for r in reversed(rows[:i])]
@@ -102,6 +105,7 @@ def delete(store: Store, settings: Settings, org: str, name: str) -> None:
                        "models (or cancel it) first.", param="model", code="model_in_use")
     store.delete_checkpoints([row.id])
     shutil.rmtree(row.path, ignore_errors=True)
+    remove_exports(settings, name)
 
 
 EXPORT_FORMATS = ("adapter", "merged")
@@ -122,6 +126,16 @@ def export(ref: ModelRef, fmt: str, out: Path, archive: bool = False) -> Path:
     return out
 
 
+def check_exportable(ref: ModelRef, org: str) -> None:
+    """Sharing grants sampling and training, not the weights: ``org`` may export a model only when every fine-tuned
+    link of its lineage is its own (a model trained on a shared one carries the owner's weights, whatever the
+    learning rate, so neither its merged folder nor its adapter, trained against those weights, leaves)."""
+    if ref.owners - {org}:
+        raise Forbidden(f"The model '{ref.name}' is or was trained on a model shared with you by another "
+                        "organization; a shared model may be sampled and trained on, but not exported.",
+                        param="model", code="model_not_exportable")
+
+
 def export_archive(settings: Settings, ref: ModelRef, fmt: str) -> Path:
     """The model as a downloadable .tar.gz, built once per model and format under ``<data_dir>/exports``."""
     if fmt not in EXPORT_FORMATS:
@@ -134,8 +148,25 @@ def export_archive(settings: Settings, ref: ModelRef, fmt: str) -> Path:
     if fmt == "adapter" and len(ref.adapters) > 1:
         raise InvalidRequest(f"'{ref.name}' was trained on top of another fine-tuned model: its adapter alone does "
                              "not reproduce it; export it with format=merged.", param="format")
-    digest = hashlib.sha256(ref.name.encode()).hexdigest()[:16]
-    path = settings.data_dir / "exports" / f"{digest}-{fmt}.tar.gz"
-    if not path.exists():
-        export(ref, fmt, path, archive=True)
+    path = _archive_path(settings, ref.name, fmt)
+    with _EXPORTS_GUARD:
+        lock = _EXPORTS.setdefault(path, threading.Lock())
+    with lock:  # concurrent downloads of one model and format wait for one export process
+        if not path.exists():
+            export(ref, fmt, path, archive=True)
     return path
+
+
+_EXPORTS: dict[Path, threading.Lock] = {}
+_EXPORTS_GUARD = threading.Lock()
+
+
+def _archive_path(settings: Settings, name: str, fmt: str) -> Path:
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return settings.data_dir / "exports" / f"{digest}-{fmt}.tar.gz"
+
+
+def remove_exports(settings: Settings, name: str) -> None:
+    """Delete the downloadable archives of the model ``name`` (they go with the model)."""
+    for fmt in EXPORT_FORMATS:
+        _archive_path(settings, name, fmt).unlink(missing_ok=True)

@@ -310,6 +310,7 @@ class Scheduler:
         self.store.delete_checkpoints([c.id for c in old])
         for c in old:
             shutil.rmtree(c.path, ignore_errors=True)
+            models.remove_exports(self.settings, c.model_name)
 
 
 def _log_tail(path: Path, limit: int = 500) -> str:

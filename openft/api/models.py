@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 
@@ -27,10 +29,9 @@ def list_models(who: Scope = Depends(scope), svc: Services = Depends(services)):
 def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
     """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
     ref = models.resolve(svc.store, svc.settings, who.org, model)
-    if (ref.adapters or ref.whole) and ref.owned_by != who.org:  # a shared model may be sampled, not downloaded
-        raise models.not_found(model)
+    models.check_exportable(ref, who.org)
     path = models.export_archive(svc.settings, ref, format)
-    filename = model.replace(":", "_") + f"-{format}.tar.gz"
+    filename = re.sub(r"[^A-Za-z0-9._-]", "_", model).strip(".") + f"-{format}.tar.gz"  # a plain file name
     return FileResponse(path, media_type="application/gzip", filename=filename)
 
 
