@@ -24,8 +24,12 @@ def upload(svc: Services, who: Scope, filename: str | None, purpose: str, data: 
         filename=filename, purpose=purpose, status="processed", blob_key="",
     )
     row.blob_key = row.id
-    svc.blobs.put(row.blob_key, data)
-    svc.store.add(row)
+    try:
+        svc.blobs.put(row.blob_key, data)
+        svc.store.add(row)
+    except BaseException:  # a failed write or insert (or a cancelled request) must not leave bytes without a row
+        svc.blobs.delete(row.blob_key)
+        raise
     return row
 
 

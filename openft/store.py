@@ -63,8 +63,8 @@ def _scoped(stmt, table, scope: Scope):
 
 def _page(session: Session, stmt, table, after: str | None, limit: int, newest_first: bool = True):
     """Cursor paging by `seq`: the rows after the row whose id is `after`, and whether more follow."""
-    if after is not None:
-        anchor = session.scalar(select(table.seq).where(table.id == after))
+    if after is not None:  # looked up under the page's own filters: another organization's id is just unknown
+        anchor = session.scalar(stmt.with_only_columns(table.seq).where(table.id == after))
         if anchor is not None:
             stmt = stmt.where(table.seq < anchor if newest_first else table.seq > anchor)
     stmt = stmt.order_by(table.seq.desc() if newest_first else table.seq.asc()).limit(limit + 1)

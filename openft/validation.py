@@ -37,6 +37,8 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+MAX_JSONL_LINE_BYTES = 4 << 20  # one example (OpenAI's largest contexts are far below this); longer is refused
+
 ROLE_KEYS = {
     "system": ("role", "content", "name"),
     "developer": ("role", "content", "name"),
@@ -115,6 +117,8 @@ def _count_error(n: int, param: str, code: str, min_examples: int) -> dict | Non
 
 
 def _parse_line(raw: bytes) -> dict | None:
+    if len(raw) > MAX_JSONL_LINE_BYTES:
+        raise _Invalid(f"is {len(raw)} bytes long; a line may be at most {MAX_JSONL_LINE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

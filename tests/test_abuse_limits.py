@@ -132,3 +132,96 @@ def test_two_on_behalf_of_headers_are_a_400(orgs):
     r = httpx.get(server.url + "/v1/files", headers=[("Authorization", auth["acme"]["Authorization"]),
                                                      ("X-On-Behalf-Of", "alice"), ("X-On-Behalf-Of", "bob")])
     assert r.status_code == 400 and r.json()["error"]["param"] == "X-On-Behalf-Of"
+
+
+def test_the_after_cursor_does_not_reveal_that_another_organizations_id_exists(orgs):
+    server, auth = orgs
+    files = server.url + "/v1/files"
+
+    def put(org: str, name: str) -> str:
+        return httpx.post(files, headers=auth[org], data={"purpose": "fine-tune"},
+                          files={"file": (name, jsonl(chat_rows(10)))}).json()["id"]
+
+    put("acme", "a1.jsonl")
+    theirs = put("globex", "g.jsonl")
+    put("acme", "a2.jsonl")
+    after_theirs = httpx.get(files, headers=auth["acme"], params={"after": theirs}).json()["data"]
+    after_unknown = httpx.get(files, headers=auth["acme"], params={"after": "file-doesnotexist"}).json()["data"]
+    assert [f["id"] for f in after_theirs] == [f["id"] for f in after_unknown]
+
+
+def test_an_interrupted_upload_leaves_no_file_and_no_bytes(orgs):
+    server, auth = orgs
+    before = sorted(p.name for p in (server.data_dir / "blobs").iterdir())
+    head = (f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: {auth['acme']['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 900000\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head.encode() + b"--x\r\nContent-Disposition: form-data; name=\"file\"; "
+                     b"filename=\"cut.jsonl\"\r\n\r\n" + jsonl(chat_rows(50)))
+        time.sleep(0.5)  # closed mid-body
+    assert httpx.get(server.url + "/health").status_code == 200
+    listed = [f["filename"] for f in httpx.get(server.url + "/v1/files", headers=auth["acme"]).json()["data"]]
+    assert "cut.jsonl" not in listed
+    assert sorted(p.name for p in (server.data_dir / "blobs").iterdir()) == before
+
+
+def test_grader_edge_cases_are_answers_not_server_errors(orgs):
+    server, auth = orgs
+    run = server.url + "/v1/fine_tuning/alpha/graders/run"
+    for value in ("10**400", "float('nan')", "float('inf')"):
+        grader = {"type": "python", "name": "big", "source": f"def grade(sample, item):\n    return {value}\n"}
+        r = httpx.post(run, headers=auth["acme"], json={"grader": grader, "model_sample": "x"}, timeout=60)
+        assert r.status_code == 200 and r.json()["reward"] == 0.0
+        errors = r.json()["metadata"]["errors"]
+        assert errors["python_grader_runtime_error"] and not errors["python_grader_server_error"]
+        assert "Traceback" not in errors["python_grader_runtime_error_details"]
+    names = [f"g{i}" for i in range(500)]
+    many = {"type": "multi", "name": "many", "calculate_output": "+".join(names),
+            "graders": {n: {**QUICK, "name": n} for n in names}}
+    for formula in ("+".join(names), "a" + "+a" * 900):
+        r = httpx.post(run, headers=auth["acme"], json={"grader": {**many, "calculate_output": formula},
+                                                         "model_sample": "x"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "grader.calculate_output", r.text
+
+
+def test_many_concurrent_requests_get_answers_or_429_and_health_stays_up(orgs):
+    server, auth = orgs
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as http:
+            async def one(i):
+                org = "acme" if i % 2 else "globex"
+                try:
+                    return (await http.get("/v1/fine_tuning/jobs", headers=auth[org], params={"limit": 5})).status_code
+                except httpx.TransportError as exc:  # the test machine's own limits (file descriptors, backlog)
+                    return type(exc).__name__
+
+            burst = [asyncio.create_task(one(i)) for i in range(1000)]
+            health = []
+            while not all(t.done() for t in burst):
+                started = time.monotonic()
+                health.append(((await http.get("/health")).status_code, time.monotonic() - started))
+                await asyncio.sleep(0.2)
+            return [t.result() for t in burst], health
+
+    answers, health = asyncio.run(scenario())
+    statuses = [a for a in answers if isinstance(a, int)]
+    assert len(statuses) >= 900, {a for a in answers if not isinstance(a, int)}
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 128  # 64 per organization at a time, at least
+    assert all(code == 200 for code, _ in health) and max(s for _, s in health) < 10  # far from a hang
+
+
+def test_a_key_created_while_the_server_runs_open_is_enforced_without_a_restart(tmp_path, tiny_model):
+    server = Server(tmp_path, f"sqlite:///{tmp_path / 'openft.db'}", {"tiny": str(tiny_model)},
+                    enable_scheduler="false").start()
+    try:
+        assert httpx.get(server.url + "/v1/files").status_code == 200  # open: no keys yet
+        key = server.cli("keys", "create", "--org", "acme")
+        deadline = time.monotonic() + 30
+        while httpx.get(server.url + "/v1/files").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(server.url + "/v1/files").status_code == 401
+        assert httpx.get(server.url + "/v1/files", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    finally:
+        server.stop(signal.SIGKILL)

@@ -4,6 +4,7 @@ process per model however many ask, archives deleted with their model, and inter
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -120,3 +121,27 @@ def test_internal_tokens_name_one_organization_and_cannot_be_forged(tmp_path, mo
     assert (tmp_path / "internal-token.key").stat().st_mode & 0o777 == 0o600
     monkeypatch.setattr(time, "time", lambda: 4e9)
     assert auth.verify(settings, token) is None  # expired
+
+
+def test_a_python_grader_that_fills_the_disk_is_stopped_at_the_total_cap():
+    from openft.graders.outcome import GradeError
+    from openft.graders.sandbox import run_python
+
+    source = ("def grade(sample, item):\n    for n in range(200):\n        with open(f'f{n}', 'wb') as f:\n"
+              "            f.write(b'x' * (2 << 20))\n    return 1.0\n")  # 400 MB in files of 2 MB, under the per-file cap
+    with pytest.raises(GradeError) as err:
+        run_python(source, {}, {}, disk_bytes=16 << 20)
+    assert err.value.flag == "python_grader_runtime_error" and "disk" in err.value.details
+    assert run_python(source.replace("200", "2"), {}, {}, disk_bytes=16 << 20) == 1.0
+
+
+def test_a_training_file_line_past_the_limit_is_refused_naming_the_line():
+    from openft.validation import MAX_JSONL_LINE_BYTES, validate_training_file
+
+    row = {"messages": [{"role": "user", "content": "x" * MAX_JSONL_LINE_BYTES},
+                        {"role": "assistant", "content": "y"}]}
+    report = validate_training_file(b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+                                    b'"content": "yo"}]}\n' + (json.dumps(row) + "\n").encode(),
+                                    param="training_file", min_examples=1)
+    assert report.error["code"] == "invalid_training_file"
+    assert report.error["message"].startswith("Line 2: is ") and "at most" in report.error["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Form, Query, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from openft import files
@@ -25,7 +26,8 @@ async def upload_file(
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise TooLarge(f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
-    return files.to_wire(files.upload(svc, who, file.filename, purpose, data))
+    # on a thread: writing up to OPENFT_MAX_FILE_BYTES to the blob store must not stall the event loop
+    return files.to_wire(await run_in_threadpool(files.upload, svc, who, file.filename, purpose, data))
 
 
 @router.get("", response_model=p.IdPage[p.FileObject])

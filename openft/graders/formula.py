@@ -19,6 +19,7 @@ import re
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 40
+MAX_OPERATIONS = 200  # a chain of operations is a chain of nested nodes: this bounds the tree's depth too
 FUNCTIONS = {"min": min, "max": max, "abs": abs, "floor": math.floor, "ceil": math.ceil, "exp": math.exp,
              "sqrt": math.sqrt, "log": math.log}
 _TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
@@ -46,7 +47,7 @@ def _tokens(text: str) -> list[tuple[str, str, int]]:
 
 class _Parser:
     def __init__(self, text: str):
-        self.tokens, self.i, self.depth = _tokens(text), 0, 0
+        self.tokens, self.i, self.depth, self.operations = _tokens(text), 0, 0, 0
 
     def peek(self) -> str:
         return self.tokens[self.i][0]
@@ -59,6 +60,10 @@ class _Parser:
                 raise FormulaError(f"unexpected {found} at position {token[2]}")
             raise FormulaError(f"expected {kind!r} but found {found} at position {token[2]}")
         self.i += 1
+        if kind in "+-*/^":
+            self.operations += 1
+            if self.operations > MAX_OPERATIONS:
+                raise FormulaError(f"calculate_output has more than {MAX_OPERATIONS} operations")
         return token
 
     def sum(self):

@@ -64,7 +64,10 @@ def run_grader(source: str, sample: dict, item: dict) -> dict:
         return {"runtime_error": _describe(exc)}
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         return {"runtime_error": f"grade() returned {type(score).__name__}, not a number"}
-    score = float(score)
+    try:
+        score = float(score)
+    except BaseException as exc:  # noqa: BLE001 - 10**400 overflows; a subclass's __float__ may raise anything
+        return {"runtime_error": f"grade() returned a number that is not a float: {_describe(exc)}"}
     if score != score or score in (float("inf"), float("-inf")):
         return {"runtime_error": f"grade() returned {score}, not a finite number"}
     return {"score": score}
