@@ -145,3 +145,23 @@ def test_a_training_file_line_past_the_limit_is_refused_naming_the_line():
                                     param="training_file", min_examples=1)
     assert report.error["code"] == "invalid_training_file"
     assert report.error["message"].startswith("Line 2: is ") and "at most" in report.error["message"]
+
+
+def test_a_jobs_internal_token_works_only_while_the_job_is_not_finished(trained):
+    server, c, job = trained["server"], trained["c"], trained["job"]
+    settings = Settings(data_dir=server.data_dir)  # the server's own secret, as its scheduler mints them
+    models = server.url + "/v1/models"
+
+    def as_token(token: str) -> httpx.Response:
+        return httpx.get(models, headers={"Authorization": f"Bearer {token}"})
+
+    r = as_token(auth.mint(settings, "acme"))
+    assert r.status_code == 200 and job.fine_tuned_model in {m["id"] for m in r.json()["data"]}
+    assert as_token(auth.mint(settings, "acme", job_id=job.id)).status_code == 401  # that job has finished
+    live = c["acme"].fine_tuning.jobs.create(model="tiny", training_file=upload(c["acme"], chat_rows(10)))
+    token = auth.mint(settings, "acme", job_id=live.id)
+    assert as_token(token).status_code == 200
+    assert as_token(auth.mint(settings, "globex", job_id=live.id)).status_code == 401  # not globex's job
+    c["acme"].fine_tuning.jobs.cancel(live.id)
+    wait_for(c["acme"], live.id, "cancelled")
+    assert as_token(token).status_code == 401
