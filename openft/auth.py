@@ -33,8 +33,17 @@ ORG = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
+_SECRETS: dict[Path, bytes] = {}
+
+
 def _secret(settings: Settings) -> bytes:
-    path = Path(settings.data_dir) / "internal-token.key"
+    path = (Path(settings.data_dir) / "internal-token.key").resolve()
+    if path not in _SECRETS:
+        _SECRETS[path] = _read_or_create(path)
+    return _SECRETS[path]
+
+
+def _read_or_create(path: Path) -> bytes:
     try:
         return bytes.fromhex(path.read_text().strip())
     except FileNotFoundError:
