@@ -7,7 +7,7 @@ import logging
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -68,25 +68,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
     _install_error_handlers(app)
-    app.add_middleware(Guard, prefixes=PREFIXES)  # inside request_id, so that its answers carry the id too
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        rid = f"req_{uuid.uuid4().hex}"
-        request.state.request_id = rid
-        try:
-            response = await call_next(request)
-        except Exception:  # rendered here so that even a 500 carries the envelope and the request id
-            log.exception("unhandled error in %s %s", request.method, request.url.path)
-            response = _error(500, "The server had an error while processing your request.", "server_error")
-        response.headers["x-request-id"] = rid
-        return response
+    app.add_middleware(Guard, prefixes=PREFIXES)
+    app.add_middleware(RequestId)  # added last, so outermost: the guard's answers carry the id too
 
     @app.get("/health", include_in_schema=False)
     async def health():  # on the event loop: it answers even when every request thread is busy
         return {"status": "ok"}
 
     return app
+
+
+class RequestId:
+    """An x-request-id on every response, and a 500 in the envelope (with its id) for any unhandled error. Plain
+    ASGI rather than FastAPI's http middleware, which costs a task and a stream per request."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = f"req_{uuid.uuid4().hex}".encode()
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid)]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:  # rendered here so that even a 500 carries the envelope and the request id
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            response = _error(500, "The server had an error while processing your request.", "server_error")
+            await response(scope, receive, send_with_id)
 
 
 def _error(status: int, message: str, type_: str, param=None, code=None, headers=None) -> JSONResponse:
