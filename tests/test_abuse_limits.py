@@ -225,3 +225,15 @@ def test_a_key_created_while_the_server_runs_open_is_enforced_without_a_restart(
         assert httpx.get(server.url + "/v1/files", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     finally:
         server.stop(signal.SIGKILL)
+
+
+def test_a_suffix_that_could_leave_its_folder_or_file_name_is_a_400(orgs):
+    server, auth = orgs
+    acme = server.client(api_key=auth["acme"]["Authorization"][7:])
+    training_file = upload(acme, chat_rows(10))
+    for suffix in ("../../etc", "a/b", "..", "x" * 65, 'q"; filename=evil'):
+        r = httpx.post(server.url + "/v1/fine_tuning/jobs", headers=auth["acme"],
+                       json={"model": "tiny", "training_file": training_file, "suffix": suffix})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "suffix", (suffix, r.text)
+    ok = acme.fine_tuning.jobs.create(model="tiny", training_file=training_file, suffix="v1.2_final-A")
+    assert ok.suffix == "v1.2_final-A"

@@ -72,6 +72,8 @@ def test_sharing_grants_sampling_and_training_but_no_export(trained):
             assert "shared" in r.json()["error"]["message"]
     r = httpx.get(f"{server.url}/v1/models/{model}/export", params={"format": "adapter"}, headers=h["acme"])
     assert r.status_code == 200 and r.headers["content-disposition"].endswith('-adapter.tar.gz"')
+    filename = r.headers["content-disposition"].split("filename=")[1].strip('"')
+    assert all(ch.isalnum() or ch in "._-" for ch in filename) and ".." not in filename
 
 
 def test_concurrent_exports_share_one_process_and_the_archive_goes_with_the_model(trained):
