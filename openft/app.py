@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from openft import dashboard
 from openft.api import chat, checkpoints, files, graders, jobs, models
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
     _install_error_handlers(app)
+    dashboard.mount(app)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
