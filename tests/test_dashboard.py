@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, _kill_trainers
-from tests.helpers import chat_rows, jsonl
+from tests.helpers import chat_rows, jsonl, upload
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,8 @@ def assert_only_own_origin(driver, site) -> None:
 
 
 def go(driver, site, hash_: str) -> None:
-    driver.get(f"{site['server'].url}/ui/{hash_}")
+    url = f"{site['server'].url}/ui/{hash_}"
+    driver.refresh() if driver.current_url == url else driver.get(url)
 
 
 def sign_in(driver, site, org: str) -> None:
@@ -224,6 +225,10 @@ def test_a_job_started_in_the_browser_charts_live_pauses_with_a_checkpoint_resum
     for word in ("validating files", "queued", "running", "paused", "succeeded"):
         assert word in timeline, timeline
     shot(browser, "job")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    assert browser.execute_script("return getComputedStyle(document.body).backgroundColor") == "rgb(21, 23, 27)"
+    shot(browser, "job-dark")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
     go(browser, site, "#/jobs")
     row = until(browser, lambda d: d.find_elements("css selector", f"#jobs-table tr[data-job={job_id}]"), what="the row")[0]
@@ -270,6 +275,31 @@ def test_another_organizations_key_sees_none_of_it(browser, site):
     assert not [r for r in browser.find_elements("css selector", "#models tr") if "ft:" in r.text]
     go(browser, site, f"#/playground?model={model}")
     assert "not available" in until(browser, lambda d: visible_text(d, "#error-a"), what="the unavailable model")
+    assert_only_own_origin(browser, site)
+
+
+def test_the_jobs_list_pages_newest_first_and_filters_by_status(browser, site):
+    globex = site["server"].client(api_key=site["keys"]["globex"])  # the browser is still signed in as globex
+    training = upload(globex, chat_rows(4))
+    ids = []
+    for i in range(21):  # paused at once, so none of them trains
+        ids.append(globex.fine_tuning.jobs.create(model="tiny", training_file=training, metadata={"n": str(i)}).id)
+        globex.fine_tuning.jobs.pause(ids[-1])
+    globex.fine_tuning.jobs.cancel(ids[5])
+    newest_first = ids[::-1]
+    go(browser, site, "#/jobs")
+    rows = lambda d: [r.get_attribute("data-job") for r in d.find_elements("css selector", "#jobs-table tbody tr")]
+    until(browser, lambda d: len(rows(d)) == 20, what="the first page")
+    assert rows(browser) == newest_first[:20]
+    css(browser, "#load-more").click()
+    until(browser, lambda d: len(rows(d)) == 21, what="the second page")
+    assert rows(browser) == newest_first and not css(browser, "#load-more").is_displayed()
+
+    from selenium.webdriver.support.select import Select
+
+    Select(css(browser, "#filter-status")).select_by_value("cancelled")
+    css(browser, "form.filters button").click()
+    until(browser, lambda d: rows(d) == [ids[5]], what="only the cancelled job")
     assert_only_own_origin(browser, site)
 
 

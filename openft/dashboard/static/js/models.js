@@ -21,7 +21,7 @@ export function modelsPage(root) {
 
 function row(m, error, reload) {
   const enc = encodeURIComponent(m.id);
-  const actions = h("td", { class: "actions" },
+  const actions = h("div", { class: "actions" },
     h("a", { class: "button", href: `#/playground?model=${enc}` }, "Chat"));
   const own = m.owned_by !== "openft";
   if (own) {
@@ -59,5 +59,5 @@ function row(m, error, reload) {
     actions.append(format, exp, org, share, del, shared);
     listShares();
   }
-  return h("tr", { "data-model": m.id }, h("td", { class: "mono" }, m.id), h("td", {}, m.owned_by), h("td", {}, when(m.created)), actions);
+  return h("tr", { "data-model": m.id }, h("td", { class: "mono" }, m.id), h("td", {}, m.owned_by), h("td", {}, when(m.created)), h("td", {}, actions));
 }
