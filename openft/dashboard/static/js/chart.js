@@ -2,7 +2,7 @@
 // The SVG carries role="img", a label naming the latest values, and data-points (the number of points drawn).
 
 const NS = "http://www.w3.org/2000/svg";
-const W = 560, H = 220, PAD = { l: 52, r: 12, t: 12, b: 28 };
+const W = 560, H = 230, PAD = { l: 52, r: 12, t: 28, b: 28 };
 
 function svg(tag, attrs = {}, text) {
   const el = document.createElementNS(NS, tag);
@@ -49,12 +49,14 @@ export function drawChart(el, title, series, maxX) {
   for (const t of ticks(0, x1).filter(Number.isInteger)) {
     el.append(svg("text", { x: x(t), y: H - 8, "text-anchor": "middle", class: "tick" }, String(t)));
   }
+  let legendX = PAD.l;
   shown.forEach((s, i) => {
     const pts = s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
     const line = svg("polyline", { points: pts, class: `series s${i}` });
     line.append(svg("title", {}, s.name));
     el.append(line);
     if (s.points.length === 1) el.append(svg("circle", { cx: x(s.points[0][0]), cy: y(s.points[0][1]), r: 3, class: `dot s${i}` }));
-    el.append(svg("text", { x: PAD.l + 8 + i * 170, y: PAD.t + 10, class: `legend s${i}` }, `■ ${s.name}`));
+    el.append(svg("text", { x: legendX, y: 14, class: `legend s${i}` }, `■ ${s.name}`));
+    legendX += 7 * s.name.length + 28; // about 6 px a character at 11 px, plus the swatch and a gap
   });
 }

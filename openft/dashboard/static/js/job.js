@@ -24,6 +24,9 @@ const CHARTS = {
   ],
 };
 
+/** The chart's title names the figure; its legend says whose: training, one validation batch, or the whole set. */
+const seriesLabel = (key) => (key.startsWith("full_valid") ? "full validation set" : key.startsWith("valid") ? "validation" : "training");
+
 // Event messages that mark a status change, for the timeline.
 const MARKS = [
   [/^Created fine-tuning job/, "validating_files"],
@@ -45,7 +48,7 @@ export function jobPage(root, jobId) {
   const charts = () => {
     const specs = CHARTS[s.job ? methodOf(s.job) : "supervised"] || CHARTS.supervised;
     el.charts.replaceChildren(...specs.map(([title, keys]) => {
-      const series = keys.map((k) => ({ name: k, points: [...s.steps].filter(([, d]) => typeof d[k] === "number").map(([st, d]) => [st, d[k]]) }));
+      const series = keys.map((k) => ({ name: seriesLabel(k), points: [...s.steps].filter(([, d]) => typeof d[k] === "number").map(([st, d]) => [st, d[k]]) }));
       const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
       svg.setAttribute("class", "chart");
       svg.dataset.chart = title.toLowerCase().replace(/ /g, "-");
@@ -141,6 +144,7 @@ function layout(jobId) {
 }
 
 function details(el, job) {
+  if (TERMINAL.has(job.status)) showError(el.actionError, null); // the actions are over: so is what they answered
   el.status.replaceChildren(statusBadge(job.status));
   el.buttons.pause.disabled = TERMINAL.has(job.status);
   el.buttons.resume.disabled = TERMINAL.has(job.status);
