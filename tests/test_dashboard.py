@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -189,6 +190,30 @@ def test_a_bad_training_file_shows_the_line_it_breaks(browser, site):
     message = until(browser, lambda d: visible_text(d, "#create-error"), timeout=60, what="the file's error")
     assert "line 2" in message.lower() and "json" in message.lower(), message
     shot(browser, "create-bad-file")
+    assert_only_own_origin(browser, site)
+
+
+def test_check_file_shows_a_bad_files_line_and_a_good_files_plan_without_starting_a_job(browser, site):
+    server, key = site["server"], site["keys"]["acme"]
+    probe = httpx.post(server.url + "/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "tiny", "training_file": "file-none", "dry_run": True})
+    if probe.status_code == 400 and probe.json()["error"]["param"] == "dry_run":
+        pytest.skip("this server has no dry run yet: the Create page checks a file by starting its job")
+    acme = server.client(api_key=key)
+    jobs_before = [j.id for j in acme.fine_tuning.jobs.list(limit=100)]
+    go(browser, site, "#/create")
+    until(browser, lambda d: d.find_elements("css selector", "#base-model option[value=tiny]"), what="the model list")
+    css(browser, "#training-file").send_keys(str(site["files"] / "bad.jsonl"))
+    css(browser, "#check-file").click()
+    message = until(browser, lambda d: visible_text(d, "#create-error"), what="the dry run's error")
+    assert "line 2" in message.lower(), message
+    css(browser, "#training-file").send_keys(str(site["files"] / "train.jsonl"))
+    css(browser, "#check-file").click()
+    plan = until(browser, lambda d: "Total steps" in css(d, "#dry-run").text and css(d, "#dry-run").text, what="the plan")
+    assert re.search(r"Examples\s+12\b", plan), plan
+    assert not css(browser, "#create-error").is_displayed()
+    shot(browser, "create-checked")
+    assert [j.id for j in acme.fine_tuning.jobs.list(limit=100)] == jobs_before
     assert_only_own_origin(browser, site)
 
 
