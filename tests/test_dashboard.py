@@ -100,7 +100,12 @@ def visible_text(driver, selector) -> str:
 
 
 def shot(driver, name: str) -> None:
+    """Save a screenshot of the page, after checking that each of its form controls has a label."""
+    unlabelled = driver.execute_script(
+        "return [...document.querySelectorAll('input, select, textarea')]"
+        ".filter((e) => !e.labels.length && !e.getAttribute('aria-label')).map((e) => e.outerHTML)")
     driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+    assert name == "timeout" or not unlabelled, f"controls without a label on {name}: {unlabelled}"
 
 
 def browser_errors(driver) -> list[str]:
@@ -180,6 +185,19 @@ def test_the_server_serves_the_dashboard_itself_and_asks_for_a_key(browser, site
     sign_in(browser, site, "acme")
     assert css(browser, "#jobs-empty").is_displayed()
     assert_only_own_origin(browser, site)
+
+
+def test_without_keys_the_dashboard_opens_without_sign_in(browser, tmp_path, tiny_model):
+    server = Server(tmp_path, f"sqlite:///{tmp_path / 'openft.db'}", {"tiny": str(tiny_model)}).start()
+    try:
+        browser.get(server.url + "/")
+        until(browser, lambda d: css(d, "#jobs-table"), what="the jobs list")
+        assert browser.current_url == server.url + "/ui/#/jobs"
+        assert not css(browser, "#sign-out").is_displayed() and not browser.find_elements("css selector", "#sign-in")
+        shot(browser, "jobs-open-mode")
+        assert_only_own_origin(browser, {"server": server})
+    finally:
+        server.stop(signal.SIGKILL)
 
 
 def test_a_bad_training_file_shows_the_line_it_breaks(browser, site):
