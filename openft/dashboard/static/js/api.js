@@ -123,7 +123,7 @@ export async function followEvents(jobId, onEvent, { signal, isDone }) {
       if (streams) streams = await readStream(jobId, last, emit, signal);
       if (!streams) await pollEvents(jobId, seen, emit, signal);
     } catch (e) {
-      if (signal.aborted) return;
+      if (signal.aborted || e.status === 401 || e.status === 404) return; // no such job for this key: stop
     }
     if (await isDone()) return;
     await sleep(1000, signal);

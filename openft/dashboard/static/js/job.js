@@ -45,34 +45,12 @@ export function jobPage(root, jobId) {
   const el = layout(jobId);
   root.append(el.root);
 
-  const charts = () => {
-    const specs = CHARTS[s.job ? methodOf(s.job) : "supervised"] || CHARTS.supervised;
-    el.charts.replaceChildren(...specs.map(([title, keys]) => {
-      const series = keys.map((k) => ({ name: seriesLabel(k), points: [...s.steps].filter(([, d]) => typeof d[k] === "number").map(([st, d]) => [st, d[k]]) }));
-      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      svg.setAttribute("class", "chart");
-      svg.dataset.chart = title.toLowerCase().replace(/ /g, "-");
-      drawChart(svg, title, series, s.total);
-      return h("figure", {}, h("figcaption", {}, title), svg);
-    }));
-  };
-
-  const onEvent = (ev) => {
-    s.events.push(ev);
-    if (ev.type === "metrics" && ev.data?.step) {
-      s.steps.set(ev.data.step, ev.data); // a step run again after a resume keeps its latest figures
-      s.total = ev.data.total_steps || s.total;
-    }
-    const mark = MARKS.find(([re]) => re.test(ev.message));
-    if (mark) s.marks.push([mark[1], ev.created_at]);
-    el.log.prepend(h("li", { class: `level-${ev.level}` }, h("time", {}, when(ev.created_at)), " ", ev.message));
-    scheduleDraw();
-  };
+  const onEvent = (ev) => { record(s, el, ev); scheduleDraw(); };
   let pending = false;
   const scheduleDraw = () => {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(() => { pending = false; charts(); progress(el, s); timeline(el, s); });
+    requestAnimationFrame(() => { pending = false; drawCharts(el, s); progress(el, s); timeline(el, s); });
   };
 
   async function refresh() {
@@ -84,7 +62,10 @@ export function jobPage(root, jobId) {
       progress(el, s);
       timeline(el, s);
       showError(el.error, null);
-    } catch (e) { showError(el.error, e); }
+    } catch (e) {
+      s.gone = e.status === 404 || e.status === 401;
+      showError(el.error, e);
+    }
   }
 
   for (const action of ["pause", "resume", "cancel"]) {
@@ -99,8 +80,8 @@ export function jobPage(root, jobId) {
 
   (async () => {
     await refresh();
-    charts();
-    const poll = setInterval(() => { if (!s.job || !TERMINAL.has(s.job.status)) refresh(); }, 1500);
+    drawCharts(el, s);
+    const poll = setInterval(() => { if (!s.gone && !TERMINAL.has(s.job?.status)) refresh(); }, 1500);
     ctl.signal.addEventListener("abort", () => clearInterval(poll));
     let lastRead = false; // one more read of the events after the job is seen terminal, for its final events
     const isDone = async () => {
@@ -113,6 +94,33 @@ export function jobPage(root, jobId) {
     await refresh();
   })();
   return () => ctl.abort();
+}
+
+/** Take in one event: a metrics event adds its step's figures, a status message a timeline mark, all the log. */
+function record(s, el, ev) {
+  s.events.push(ev);
+  if (ev.type === "metrics" && ev.data?.step) {
+    s.steps.set(ev.data.step, ev.data); // a step run again after a resume keeps its latest figures
+    s.total = ev.data.total_steps || s.total;
+  }
+  const mark = MARKS.find(([re]) => re.test(ev.message));
+  if (mark) s.marks.push([mark[1], ev.created_at]);
+  el.log.prepend(h("li", { class: `level-${ev.level}` }, h("time", {}, when(ev.created_at)), " ", ev.message));
+}
+
+function drawCharts(el, s) {
+  const specs = CHARTS[s.job ? methodOf(s.job) : "supervised"] || CHARTS.supervised;
+  el.charts.replaceChildren(...specs.map(([title, keys]) => {
+    const series = keys.map((k) => ({
+      name: seriesLabel(k),
+      points: [...s.steps].filter(([, d]) => typeof d[k] === "number").map(([step, d]) => [step, d[k]]),
+    }));
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("class", "chart");
+    svg.dataset.chart = title.toLowerCase().replace(/ /g, "-");
+    drawChart(svg, title, series, s.total);
+    return h("figure", {}, h("figcaption", {}, title), svg);
+  }));
 }
 
 function layout(jobId) {

@@ -72,5 +72,9 @@ async function start() {
 }
 
 signOut.addEventListener("click", () => { auth.key = ""; signOut.hidden = true; signIn(); });
-window.addEventListener("hashchange", () => { if (!document.getElementById("sign-in")) route(); });
+window.addEventListener("hashchange", () => {
+  if (document.getElementById("sign-in")) return;
+  route();
+  view.focus({ preventScroll: true }); // a screen reader or keyboard user starts on the new page, not the old link
+});
 start();
