@@ -302,7 +302,22 @@ def test_a_job_started_in_the_browser_charts_live_pauses_with_a_checkpoint_resum
     css(browser, "form.filters button").click()
     until(browser, lambda d: d.find_elements("css selector", f"#jobs-table tr[data-job={job_id}]"), what="the filtered row")
     shot(browser, "jobs")
+    assert_followed_events_the_way_the_server_offers(browser, site, job_id)
     assert_only_own_origin(browser, site)
+
+
+def assert_followed_events_the_way_the_server_offers(browser, site, job_id) -> None:
+    """The job page reads the event stream where the server has one, and polls the event list where it has not."""
+    probe = httpx.get(f"{site['server'].url}/v1/fine_tuning/jobs/{job_id}/events?stream=true",
+                      headers={"Authorization": f"Bearer {site['keys']['acme']}"})
+    log = browser.openft_network.read()
+    events = [r for r in log.responses if f"/jobs/{job_id}/events?" in r["url"]]
+    streamed = [r for r in events if r["mimeType"] == "text/event-stream"]
+    polled = [u for u in log.urls if f"/jobs/{job_id}/events?limit=100" in u]
+    if probe.headers["content-type"].startswith("text/event-stream"):
+        assert streamed and not polled, (events, polled)
+    else:
+        assert polled and not streamed, (events, polled)
 
 
 def test_the_playground_streams_the_fine_tuned_model_beside_its_base(browser, site):
