@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from openft import dashboard
 from openft.api import chat, checkpoints, files, graders, jobs, models
 from openft.api.guard import Guard
 from openft.blobs import Blobs
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
     _install_error_handlers(app)
+    dashboard.mount(app)
     app.add_middleware(Guard, prefixes=PREFIXES)
     app.add_middleware(RequestId)  # added last, so outermost: the guard's answers carry the id too
 
