@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar, Union
+import math
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 T = TypeVar("T")
-Auto = Union[Literal["auto"], int, None]
-AutoFloat = Union[Literal["auto"], float, None]
+
+
+def _auto_or(kind: type):
+    """A hyperparameter that is "auto" or a number, validated in one piece: an error is located at the field
+    itself (``method.supervised.hyperparameters.batch_size``), never at a member of a union, whose internal label
+    (``literal['auto']``) would otherwise become the error's ``param``."""
+    noun = "an integer" if kind is int else "a number"
+
+    def check(value):
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be 'auto' or {noun}, got {value!r}")
+        if kind is int and value != int(value):
+            raise ValueError(f"must be 'auto' or {noun}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"must be 'auto' or a finite number, got {value!r}")
+        return kind(value)
+
+    wire = Union[Literal["auto"], kind, None]
+    return Annotated[wire, PlainValidator(check, json_schema_input_type=wire)]
+
+
+Auto = _auto_or(int)
+AutoFloat = _auto_or(float)
 
 
 class Strict(BaseModel):
