@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc.store.engine.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
+    for module in (models, chat):  # MKA1's own shapes and routes, ahead of the shared paths they refine
+        app.include_router(module.mka1_router, prefix="/api/v1/llm")
     api = APIRouter()
     for module in (files, jobs, checkpoints, models, chat, graders):
         api.include_router(module.router)

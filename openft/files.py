@@ -10,6 +10,11 @@ from openft.ids import new_id, now
 from openft.store import Scope
 
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
+# Content types of a file's bytes by its name: ones that both SDKs accept (MKA1's refuses application/octet-stream
+# for text files); anything else is served as bytes.
+MEDIA_TYPES = {".jsonl": "application/jsonl", ".csv": "text/csv", ".json": "application/json", ".txt": "text/plain",
+               ".md": "text/markdown", ".pdf": "application/pdf", ".png": "image/png", ".jpg": "image/jpeg",
+               ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
 
 
 def upload(svc: Services, who: Scope, filename: str | None, purpose: str, data: bytes) -> t.File:
@@ -41,6 +46,11 @@ def delete(svc: Services, who: Scope, file_id: str) -> p.Deleted:
     svc.store.delete_file(row.id)
     svc.blobs.delete(row.blob_key)
     return p.Deleted(id=row.id, object="file", deleted=True)
+
+
+def media_type(filename: str) -> str:
+    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    return MEDIA_TYPES.get(suffix, "application/octet-stream")
 
 
 def to_wire(row: t.File) -> p.FileObject:

@@ -34,6 +34,7 @@ class ModelRef:
     created: int = BASE_CREATED
     owned_by: str = "openft"
     whole: bool = False  # a fully fine-tuned model: base_path is its own folder, with no adapters
+    parent: str | None = None  # the model a fine-tuned model was trained on (None for a catalog model)
 
 
 def is_whole_model(path: str) -> bool:
@@ -71,7 +72,8 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     if row is None:
         raise not_found(name)
     rows, root = _lineage(store, catalog, row)
-    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id}
+    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id,
+             "parent": store.get_job(None, row.job_id).model}
     for i, link in enumerate(rows):
         if is_whole_model(link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
             adapters = [r.path for r in reversed(rows[:i])]
@@ -82,10 +84,13 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
 
 
 def list_models(store: Store, settings: Settings, org: str) -> list[ModelRef]:
+    """The catalog, then ``org``'s own fine-tuned models and checkpoints, then those shared with it."""
     refs = [ModelRef(name=n, base=n, base_path=Path(p)) for n, p in settings.catalog().items()]
     for row in store.org_models(org) + store.models_shared_with(org):
-        refs.append(ModelRef(name=row.model_name, base="", base_path=Path(), adapters=[row.path],
-                             created=row.created_at, owned_by=row.organization_id))
+        try:
+            refs.append(resolve(store, settings, org, row.model_name))
+        except NotFound:  # a model whose lineage cannot be rebuilt is not offered
+            continue
     return refs
 
 

@@ -209,3 +209,55 @@ class IdPage(Page[T], Generic[T]):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+# ---- MKA1's model object (GET /api/v1/llm/models) ---------------------------------------------------------------
+
+
+class Mka1Lifecycle(BaseModel):
+    status: Literal["active", "deprecated", "retired"] = "active"
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+    successor: str | None = None
+
+
+class Mka1Capabilities(BaseModel):
+    supports_temperature: bool
+    supports_top_p: bool
+    supports_reasoning: bool
+    supports_reasoning_effort: bool
+    supports_structured_outputs: bool | None
+
+
+class Mka1Model(BaseModel):
+    """MKA1's model object: OpenAI's four fields plus the model card (null where a fact is not recorded)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    model_type: Literal["llm"] = "llm"
+    input_modalities: list[str]
+    output_modalities: list[str]
+    context_window: int | None
+    max_image_resolution: dict[str, int] | None = None
+    min_image_resolution: dict[str, int] | None = None
+    embedding_dimension_range: dict[str, int] | None = None
+    parameter_count: int | None
+    active_parameter_count: int | None
+    release_date: str | None = None
+    serving_locations: list[str] | None = None
+    developer: str | None
+    base_model: str | None
+    weights: Literal["open", "closed"] | None
+    license: str | None
+    languages: list[str] | None
+    tts: dict[str, Any] | None = None
+    limitations: str | None
+    lifecycle: Mka1Lifecycle
+    capabilities: Mka1Capabilities
+
+
+class Mka1ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Mka1Model]

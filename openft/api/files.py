@@ -52,8 +52,7 @@ def retrieve_file(file_id: str, who: Scope = Depends(scope), svc: Services = Dep
 @router.get("/{file_id}/content")
 def file_content(file_id: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
     row = files.get(svc, who, file_id)
-    media = "text/csv" if row.filename.endswith(".csv") else "application/octet-stream"
-    return Response(svc.blobs.get(row.blob_key), media_type=media)
+    return Response(svc.blobs.get(row.blob_key), media_type=files.media_type(row.filename))
 
 
 @router.delete("/{file_id}", response_model=p.Deleted)
