@@ -206,11 +206,19 @@ class Store:
             stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org).order_by(t.Checkpoint.seq)
             return list(s.scalars(stmt))
 
-    def jobs_on_model(self, model: str) -> list[t.Job]:
-        """Jobs of any organization that train on top of ``model`` (model names are unique)."""
+    def job_specs(self) -> list[tuple[str, str, dict]]:
+        """(id, status, spec) of every job with a stored spec, of every organization: which weights they need."""
         with self.session() as s:
-            stmt = select(t.Job).where(t.Job.model == model)
-            return list(s.scalars(stmt))
+            return [tuple(r) for r in s.execute(select(t.Job.id, t.Job.status, t.Job.spec).where(t.Job.spec.is_not(None)))]
+
+    def checkpoint_paths(self, paths: list[str]) -> set[str]:
+        """Those of ``paths`` that a checkpoint row (a listed model) still points at."""
+        with self.session() as s:
+            return set(s.scalars(select(t.Checkpoint.path).where(t.Checkpoint.path.in_(paths))))
+
+    def has_checkpoints(self, job_id: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(t.Checkpoint.id).where(t.Checkpoint.job_id == job_id).limit(1)) is not None
 
     def model_by_name(self, org: str, name: str) -> t.Checkpoint | None:
         with self.session() as s:

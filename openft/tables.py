@@ -75,6 +75,9 @@ class Job(Base):
     worker: Mapped[dict | None] = mapped_column(NullableJSON)  # the executor's handle of the live attempt
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     resume_from: Mapped[str | None] = mapped_column(Text)
+    # The frozen training specification (openft.spec.TrainingSpec as JSON): {"lineage": …} from creation, the
+    # whole spec once the files are validated. Every attempt runs from it.
+    spec: Mapped[dict | None] = mapped_column(NullableJSON)
     cancel_requested_at: Mapped[float | None] = mapped_column(Float)
 
 
