@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import jobdir, jobs, models, validation
+from openft import files, jobdir, jobs, models, validation
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
@@ -59,6 +59,7 @@ class Scheduler:
         for job in self.store.live_jobs():
             self.reconcile(job)
         self.start_queued()
+        files.sweep_expired(self.store, self.blobs)
 
     # ---- validating_files → queued | failed ------------------------------------------------------------------
 
@@ -148,9 +149,9 @@ class Scheduler:
         job_dir.mkdir(parents=True, exist_ok=True)
         for name in (jobdir.RESULT, jobdir.CONTROL):
             (job_dir / name).unlink(missing_ok=True)
-        files = {"training_file": job.training_file, "validation_file": job.validation_file}
+        wanted = {"training_file": job.training_file, "validation_file": job.validation_file}
         paths = {}
-        for param, file_id in files.items():
+        for param, file_id in wanted.items():
             if file_id:
                 dest = job_dir / f"{param}.jsonl"
                 if not dest.exists():

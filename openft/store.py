@@ -6,10 +6,11 @@ Rows returned are detached ORM objects (expire_on_commit=False), safe to read af
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select, update
+from sqlalchemy import create_engine, delete, event, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +57,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _live_file() -> tuple:
+    """A file is visible until it is deleted or expires."""
+    return t.File.deleted.is_(False), or_(t.File.expires_at.is_(None), t.File.expires_at > int(time.time()))
+
+
 def _scoped(stmt, table, scope: Scope):
     stmt = stmt.where(table.organization_id == scope.org)
     return stmt.where(table.user == scope.user) if scope.user is not None else stmt
@@ -97,12 +103,12 @@ class Store:
 
     def get_file(self, scope: Scope, file_id: str) -> t.File | None:
         with self.session() as s:
-            stmt = _scoped(select(t.File).where(t.File.id == file_id, t.File.deleted.is_(False)), t.File, scope)
+            stmt = _scoped(select(t.File).where(t.File.id == file_id, *_live_file()), t.File, scope)
             return s.scalar(stmt)
 
     def list_files(self, scope: Scope, after, limit, order, purpose):
         with self.session() as s:
-            stmt = _scoped(select(t.File).where(t.File.deleted.is_(False)), t.File, scope)
+            stmt = _scoped(select(t.File).where(*_live_file()), t.File, scope)
             if purpose:
                 stmt = stmt.where(t.File.purpose == purpose)
             return _page(s, stmt, t.File, after, limit, newest_first=(order == "desc"))
@@ -110,6 +116,18 @@ class Store:
     def delete_file(self, file_id: str) -> None:
         with self.session.begin() as s:
             s.execute(update(t.File).where(t.File.id == file_id).values(deleted=True))
+
+    def expired_files(self) -> list[t.File]:
+        """Files past their expiry whose bytes are not yet removed."""
+        with self.session() as s:
+            return list(s.scalars(select(t.File).where(t.File.deleted.is_(False), t.File.expires_at <= int(time.time()))))
+
+    def file_in_use(self, file_id: str) -> bool:
+        """Whether an unfinished job trains or validates on the file."""
+        with self.session() as s:
+            stmt = select(t.Job.id).where(or_(t.Job.training_file == file_id, t.Job.validation_file == file_id),
+                                          t.Job.status.not_in(("succeeded", "failed", "cancelled"))).limit(1)
+            return s.scalar(stmt) is not None
 
     def file_blob_key(self, file_id: str) -> str | None:
         """The bytes of a file, whoever owns it (the scheduler validates files of every organization)."""

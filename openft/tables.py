@@ -42,6 +42,7 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(16), default="processed")
     blob_key: Mapped[str] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)  # hidden from then on; bytes kept while a job needs them
 
 
 class Job(Base):

@@ -19,13 +19,16 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 @router.post("", response_model=p.FileObject)
 async def upload_file(
-    file: UploadFile, purpose: str = Form(...), who: Scope = Depends(scope), svc: Services = Depends(services)
+    file: UploadFile, purpose: str = Form(...), who: Scope = Depends(scope), svc: Services = Depends(services),
+    anchor: str | None = Form(None, alias="expires_after[anchor]"),
+    seconds: str | None = Form(None, alias="expires_after[seconds]"),
 ):
+    lifetime = files.lifetime(svc.settings, purpose, anchor, seconds)
     limit = svc.settings.max_file_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise TooLarge(f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
-    return files.to_wire(files.upload(svc, who, file.filename, purpose, data))
+    return files.to_wire(files.upload(svc, who, file.filename, purpose, data, lifetime))
 
 
 @router.get("", response_model=p.IdPage[p.FileObject])
