@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from openft.api import chat, checkpoints, files, graders, jobs, models
+from openft.api import chat, checkpoints, files, graders, jobs, models, uploads
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, chat):  # MKA1's own shapes and routes, ahead of the shared paths they refine
         app.include_router(module.mka1_router, prefix="/api/v1/llm")
     api = APIRouter()
-    for module in (files, jobs, checkpoints, models, chat, graders):
+    for module in (files, uploads, jobs, checkpoints, models, chat, graders):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)

@@ -45,21 +45,32 @@ def sweep_expired(store, blobs) -> None:
             blobs.delete(row.blob_key)
 
 
-def upload(svc: Services, who: Scope, filename: str | None, purpose: str, data: bytes,
-           lifetime: int | None = None) -> t.File:
+def check_name(filename: str | None, purpose: str, param: str = "file") -> None:
     if purpose not in PURPOSES:
         raise InvalidRequest(f"Invalid purpose '{purpose}': expected one of {', '.join(sorted(PURPOSES))}.", param="purpose")
     if not filename or not filename.strip() or filename == "blob":
-        raise InvalidRequest("The uploaded file needs a filename.", param="file")
+        raise InvalidRequest("The uploaded file needs a filename.", param=param)
     if purpose == "fine-tune" and not filename.endswith(".jsonl"):
-        raise InvalidRequest(f"Fine-tuning files must be .jsonl files; got '{filename}'.", param="file")
+        raise InvalidRequest(f"Fine-tuning files must be .jsonl files; got '{filename}'.", param=param)
+
+
+def upload(svc: Services, who: Scope, filename: str | None, purpose: str, data: bytes,
+           lifetime: int | None = None) -> t.File:
+    check_name(filename, purpose)
+    file_id = new_id("file")
+    svc.blobs.put(file_id, data)
+    return add_row(svc, who, file_id, filename, purpose, len(data), lifetime)
+
+
+def add_row(svc: Services, who: Scope, file_id: str, filename: str, purpose: str, size: int,
+            lifetime: int | None) -> t.File:
+    """The row of a file whose bytes are already in the blob store under ``file_id``."""
+    created = now()
     row = t.File(
-        id=new_id("file"), organization_id=who.org, user=who.user, bytes=len(data), created_at=now(),
-        filename=filename, purpose=purpose, status="processed", blob_key="",
+        id=file_id, organization_id=who.org, user=who.user, bytes=size, created_at=created, filename=filename,
+        purpose=purpose, status="processed", blob_key=file_id,
+        expires_at=created + lifetime if lifetime is not None else None,
     )
-    row.expires_at = row.created_at + lifetime if lifetime is not None else None
-    row.blob_key = row.id
-    svc.blobs.put(row.blob_key, data)
     svc.store.add(row)
     return row
 

@@ -173,6 +173,43 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+class ExpiresAfter(Strict):
+    anchor: str
+    seconds: int
+
+
+class CreateUploadRequest(Strict):
+    bytes: int = Field(ge=0)
+    filename: str
+    mime_type: str
+    purpose: str
+    expires_after: ExpiresAfter | None = None
+
+
+class CompleteUploadRequest(Strict):
+    part_ids: list[str]
+    md5: str | None = None
+
+
+class Upload(BaseModel):
+    id: str
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileObject | None = None
+
+
+class UploadPart(BaseModel):
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str
+
+
 class Deleted(BaseModel):
     id: str
     object: str

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import files, jobdir, jobs, models, validation
+from openft import files, jobdir, jobs, models, uploads, validation
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
@@ -60,6 +60,7 @@ class Scheduler:
             self.reconcile(job)
         self.start_queued()
         files.sweep_expired(self.store, self.blobs)
+        uploads.sweep_expired(self.store, self.blobs)
 
     # ---- validating_files → queued | failed ------------------------------------------------------------------
 

@@ -134,6 +134,27 @@ class Store:
         with self.session() as s:
             return s.scalar(select(t.File.blob_key).where(t.File.id == file_id))
 
+    # ---- uploads ----
+    def get_upload(self, scope: Scope, upload_id: str) -> t.Upload | None:
+        with self.session() as s:
+            return s.scalar(_scoped(select(t.Upload).where(t.Upload.id == upload_id), t.Upload, scope))
+
+    def upload_parts(self, upload_id: str) -> list[t.UploadPart]:
+        with self.session() as s:
+            stmt = select(t.UploadPart).where(t.UploadPart.upload_id == upload_id).order_by(t.UploadPart.seq)
+            return list(s.scalars(stmt))
+
+    def set_upload_status(self, upload_id: str, frm: str, to: str, **fields) -> bool:
+        """Compare-and-set an upload's status: of two racing completes or cancels, one wins."""
+        with self.session.begin() as s:
+            stmt = update(t.Upload).where(t.Upload.id == upload_id, t.Upload.status == frm).values(status=to, **fields)
+            return s.execute(stmt).rowcount == 1
+
+    def expired_uploads(self) -> list[t.Upload]:
+        with self.session() as s:
+            stmt = select(t.Upload).where(t.Upload.status == "pending", t.Upload.expires_at <= int(time.time()))
+            return list(s.scalars(stmt))
+
     # ---- jobs ----
     def get_job(self, scope: Scope | None, job_id: str) -> t.Job | None:
         with self.session() as s:

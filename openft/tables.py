@@ -45,6 +45,35 @@ class File(Base):
     expires_at: Mapped[int | None] = mapped_column(BigInteger)  # hidden from then on; bytes kept while a job needs them
 
 
+class Upload(Base):
+    """OpenAI's Upload: a file sent in parts (``upload_parts``), assembled into a ``files`` row at completion."""
+
+    __tablename__ = "uploads"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(150))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # what the client announced; checked at completion
+    file_lifetime: Mapped[int | None] = mapped_column(BigInteger)  # expires_after.seconds for the File
+    status: Mapped[str] = mapped_column(String(16))  # pending | completed | cancelled
+    file_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    upload_id: Mapped[str] = mapped_column(String(64), ForeignKey("uploads.id"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(Text)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
