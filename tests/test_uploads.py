@@ -9,6 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+import sqlalchemy
+
+from openft import tables
 
 from tests.conftest import Server, _kill_trainers
 from tests.helpers import chat_rows, jsonl
@@ -104,3 +107,34 @@ def test_a_cancelled_upload_keeps_no_parts_and_takes_no_more(server):
             call()
     with pytest.raises(openai.NotFoundError):
         client.uploads.cancel("upload_missing")
+
+
+def test_an_upload_expires_an_hour_after_creation_and_its_parts_are_swept(server):
+    from openft import uploads
+    from openft.blobs import Blobs
+    from openft.store import Store
+
+    client = server.client()
+    upload = _create(client)
+    client.uploads.parts.create(upload.id, data=DATA[:100])
+    store = Store(f"sqlite:///{server.data_dir / 'openft.db'}")
+    with store.session.begin() as s:  # an hour later
+        s.execute(sqlalchemy.update(tables.Upload).where(tables.Upload.id == upload.id)
+                  .values(expires_at=upload.created_at - 1))
+    with pytest.raises(openai.BadRequestError) as err:
+        client.uploads.parts.create(upload.id, data=b"x")
+    assert err.value.code == "upload_expired"
+    with pytest.raises(openai.BadRequestError):
+        client.uploads.complete(upload.id, part_ids=[])
+    folder = server.data_dir / "blobs" / "uploads" / upload.id
+    assert len(list(folder.glob("*"))) == 1
+    uploads.sweep_expired(store, Blobs(str(server.data_dir / "blobs")))  # what the scheduler's tick runs
+    assert not list(folder.glob("*"))
+    assert store.get_upload(store_scope(), upload.id).status == "expired"
+    store.engine.dispose()
+
+
+def store_scope():
+    from openft.store import Scope
+
+    return Scope(org="org_local", user=None)
