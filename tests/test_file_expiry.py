@@ -39,6 +39,7 @@ def test_an_expired_file_disappears_but_a_job_created_on_it_still_trains(make_se
     job = client.fine_tuning.jobs.create(model="tiny", training_file=used.id,
                                          hyperparameters={"n_epochs": 1, "batch_size": 5})
     client.fine_tuning.jobs.pause(job.id)  # keep the job unfinished while its file expires
+    wait_for(client, job.id, "paused")
 
     for file in (used, unused):
         _gone(client, file.id)
