@@ -84,3 +84,12 @@ def test_file_content_of_a_jsonl_file_parses_in_the_mka1_sdk(trained):
     uploaded = sdk.llm.files.upload(file={"file_name": "rows.jsonl", "content": io.BytesIO(data)}, purpose="fine-tune")
     response = sdk.llm.files.content(file_id=uploaded.id)
     assert response.headers["content-type"].startswith("application/jsonl") and response.read() == data
+
+
+def test_the_demo_models_conversion_keeps_the_gguf_files_licence_and_languages(tmp_path):
+    from openft import modelcard
+    from openft.train.convert import smollm2_gguf_path, write_model_card
+
+    write_model_card(smollm2_gguf_path(), tmp_path)
+    card = modelcard.read(tmp_path)
+    assert (card.license, card.languages) == ("apache-2.0", ["en"])
