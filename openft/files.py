@@ -29,7 +29,8 @@ def lifetime(settings, purpose: str, anchor: str | None, seconds: str | None) ->
     if anchor is None and seconds is None:
         return MAX_LIFETIME if purpose == "batch" else None
     if anchor != "created_at":
-        raise InvalidRequest(f"expires_after.anchor must be 'created_at', got {anchor!r}.", param="expires_after.anchor")
+        raise InvalidRequest(f"expires_after.anchor must be 'created_at', got {anchor!r}.",
+                             param="expires_after.anchor")
     lowest = settings.min_file_expiry_seconds
     if seconds is None or not seconds.strip().isdigit() or not lowest <= int(seconds) <= MAX_LIFETIME:
         raise InvalidRequest(f"expires_after.seconds must be an integer from {lowest} to {MAX_LIFETIME}, got "

@@ -100,7 +100,7 @@ class Scheduler:
         hp["learning_rate"] = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
         frozen = (job.spec or {}).get("lineage")
         if frozen:
-            lineage = Lineage(frozen["root_model"], frozen["base_model_path"], tuple(frozen["parent_adapters"]))
+            lineage = Lineage.from_json(frozen)
         else:  # a job created before lineages were frozen at creation
             lineage = models.lineage(models.resolve(self.store, self.settings, job.organization_id, job.model))
         s = self.settings

@@ -31,6 +31,10 @@ class Lineage:
     base_model_path: str
     parent_adapters: tuple[str, ...] = ()
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Lineage":
+        return cls(data["root_model"], data["base_model_path"], tuple(data["parent_adapters"]))
+
 
 @dataclass(frozen=True)
 class TrainingSpec:
@@ -49,10 +53,8 @@ class TrainingSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "TrainingSpec":
-        lineage = data["lineage"]
-        lineage = Lineage(lineage["root_model"], lineage["base_model_path"], tuple(lineage["parent_adapters"]))
         lora = Lora(**data["lora"]) if data.get("lora") else None
-        return cls(**{**data, "lineage": lineage, "lora": lora})
+        return cls(**{**data, "lineage": Lineage.from_json(data["lineage"]), "lora": lora})
 
 
 @dataclass(frozen=True)

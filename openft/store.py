@@ -120,7 +120,8 @@ class Store:
     def expired_files(self) -> list[t.File]:
         """Files past their expiry whose bytes are not yet removed."""
         with self.session() as s:
-            return list(s.scalars(select(t.File).where(t.File.deleted.is_(False), t.File.expires_at <= int(time.time()))))
+            stmt = select(t.File).where(t.File.deleted.is_(False), t.File.expires_at <= int(time.time()))
+            return list(s.scalars(stmt))
 
     def file_in_use(self, file_id: str) -> bool:
         """Whether an unfinished job trains or validates on the file."""
@@ -248,7 +249,8 @@ class Store:
     def job_specs(self) -> list[tuple[str, str, dict]]:
         """(id, status, spec) of every job with a stored spec, of every organization: which weights they need."""
         with self.session() as s:
-            return [tuple(r) for r in s.execute(select(t.Job.id, t.Job.status, t.Job.spec).where(t.Job.spec.is_not(None)))]
+            stmt = select(t.Job.id, t.Job.status, t.Job.spec).where(t.Job.spec.is_not(None))
+            return [tuple(row) for row in s.execute(stmt)]
 
     def checkpoint_paths(self, paths: list[str]) -> set[str]:
         """Those of ``paths`` that a checkpoint row (a listed model) still points at."""

@@ -41,3 +41,20 @@ def test_settings_changed_between_pause_and_resume_do_not_change_the_job(make_se
     losses = step_losses(client, job.id)
     assert sorted(losses) == list(range(1, 11))
     assert losses == step_losses(client, reference.id)
+
+
+def test_spec_json_is_the_frozen_spec_plus_the_attempts_fields_and_reads_back_typed():
+    from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json, read_attempt
+
+    frozen = TrainingSpec(job_id="ftjob_x", method="supervised", base_model="ft:tiny:acme::abc",
+                          lineage=Lineage("tiny", "/models/tiny", ("/jobs/a/checkpoints/final",)),
+                          hyperparameters={"n_epochs": 2, "learning_rate": 1e-3}, seed=4, lora=Lora(8, 16, 0.05),
+                          max_length=64)
+    assert TrainingSpec.from_json(json.loads(json.dumps(frozen.to_json()))) == frozen
+    attempt = AttemptSpec(training_file="/jobs/x/training_file.jsonl", validation_file=None,
+                          resume_from="checkpoints/checkpoint-3", attempt=2)
+    written = json.loads(json.dumps(attempt_json(frozen, attempt)))
+    assert written["parent_adapters"] == ["/jobs/a/checkpoints/final"] and written["lora"]["r"] == 8
+    assert read_attempt(written) == (frozen, attempt)
+    with pytest.raises(KeyError):
+        read_attempt({k: v for k, v in written.items() if k != "hyperparameters"})
