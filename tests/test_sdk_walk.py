@@ -146,6 +146,7 @@ async def _walk_openai(client, env, spare_checkpoint: str) -> set[str]:
     new = await call("fine_tuning.jobs.create", model="tiny", training_file=env["train"],
                      hyperparameters={"n_epochs": 50, "batch_size": 1})
     assert (await call("fine_tuning.jobs.pause", new.id)).status in ("paused", "pausing")
+    wait_for(env["server"].client(), new.id, "paused")  # it may have started: a running job pauses at a step end
     await call("fine_tuning.jobs.resume", new.id)
     assert (await call("fine_tuning.jobs.cancel", new.id)).status == "cancelled"
     await call("fine_tuning.jobs.retrieve", job.id)
@@ -212,6 +213,7 @@ async def _walk_mka1(sdk, env, suffix: str) -> set[str]:
     new = await call("fine_tuning.create", model="tiny", training_file=env["train"],
                      hyperparameters={"n_epochs": 50, "batch_size": 1})
     await call("fine_tuning.pause", fine_tuning_job_id=new.id)
+    wait_for(env["server"].client(), new.id, "paused")
     await call("fine_tuning.resume", fine_tuning_job_id=new.id)
     assert (await call("fine_tuning.cancel", fine_tuning_job_id=new.id)).status == "cancelled"
     await call("fine_tuning.retrieve", fine_tuning_job_id=job.id)
