@@ -58,13 +58,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc.store.engine.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
-    for module in (models, chat):  # MKA1's own shapes and routes, ahead of the shared paths they refine
-        app.include_router(module.mka1_router, prefix="/api/v1/llm")
     api = APIRouter()
     for module in (files, uploads, jobs, checkpoints, models, chat, graders):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
+    # What differs between the two APIs: model objects, and MKA1's chat stream route.
+    app.include_router(models.openai_router, prefix="/v1")
+    for module in (models, chat):
+        app.include_router(module.mka1_router, prefix="/api/v1/llm")
     _install_error_handlers(app)
 
     @app.middleware("http")

@@ -1,8 +1,9 @@
 """Routes for models: the catalog's base models plus this organization's fine-tuned models and checkpoints.
 
-Under ``/v1`` a model is OpenAI's object (id, created, owned_by); under ``/api/v1/llm`` it is MKA1's, which adds
-the model card: type, modalities, context window, parameter count, licence, base model, capabilities
-(``mka1_router``, mounted before the shared routes so that it wins there).
+Under ``/v1`` a model is OpenAI's object (id, created, owned_by: ``openai_router``); under ``/api/v1/llm`` it is
+MKA1's, which adds the model card: type, modalities, context window, parameter count, licence, base model,
+capabilities (``mka1_router``). Both are mounted after the shared ``router`` (export, delete), so that
+``/{model}/export`` is never read as a model named ``…/export``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from openft.services import Services
 from openft.store import Scope
 
 router = APIRouter(prefix="/models", tags=["models"])
+openai_router = APIRouter(prefix="/models", tags=["models"])
 mka1_router = APIRouter(prefix="/models", tags=["models"])
 
 
@@ -45,7 +47,7 @@ def _mka1_wire(ref: models.ModelRef, org: str) -> p.Mka1Model:
     )
 
 
-@router.get("", response_model=p.ModelList)
+@openai_router.get("", response_model=p.ModelList)
 def list_models(who: Scope = Depends(scope), svc: Services = Depends(services)):
     return p.ModelList(data=[_wire(ref) for ref in models.list_models(svc.store, svc.settings, who.org)])
 
@@ -57,7 +59,6 @@ def list_mka1_models(who: Scope = Depends(scope), svc: Services = Depends(servic
 
 
 @router.get("/{model:path}/export", response_class=FileResponse)
-@mka1_router.get("/{model:path}/export", response_class=FileResponse)
 def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
     """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
     ref = models.resolve(svc.store, svc.settings, who.org, model)
@@ -68,7 +69,7 @@ def export_model(model: str, format: str = "merged", who: Scope = Depends(scope)
     return FileResponse(path, media_type="application/gzip", filename=filename)
 
 
-@router.get("/{model:path}", response_model=p.ModelObject)
+@openai_router.get("/{model:path}", response_model=p.ModelObject)
 def retrieve_model(model: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
     return _wire(models.resolve(svc.store, svc.settings, who.org, model))
 
