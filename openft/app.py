@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from openft import dashboard
-from openft.api import chat, checkpoints, files, graders, jobs, models
+from openft.api import chat, checkpoints, files, graders, jobs, models, uploads
 from openft.api.guard import Guard
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -64,10 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     api = APIRouter()
-    for module in (files, jobs, checkpoints, models, chat, graders):
+    for module in (files, uploads, jobs, checkpoints, models, chat, graders):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)
+    # What differs between the two APIs: model objects, and MKA1's chat stream route.
+    app.include_router(models.openai_router, prefix="/v1")
+    for module in (models, chat):
+        app.include_router(module.mka1_router, prefix="/api/v1/llm")
     _install_error_handlers(app)
     dashboard.mount(app)
     app.add_middleware(Guard, prefixes=PREFIXES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import fsspec
 
 
@@ -15,6 +17,26 @@ class Blobs:
 
     def put(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self._path(key), data)
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Write a blob from byte chunks as they come, never holding it whole; returns its size. If the chunks
+        raise (a size limit, a broken connection), no partial blob is left behind."""
+        size, path = 0, self._path(key)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # keys may have folders (uploads/<id>/<part>)
+        try:
+            with self.fs.open(path, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            self.delete(key)
+            raise
+        return size
+
+    def read_chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        with self.fs.open(self._path(key), "rb") as f:
+            while chunk := f.read(size):
+                yield chunk
 
     def get(self, key: str) -> bytes:
         return self.fs.cat_file(self._path(key))

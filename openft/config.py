@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `openft serve` listens on.")
     port: int = Field(8000, description="Port `openft serve` listens on.")
     max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes (OpenAI: 512 MB).")
+    min_file_expiry_seconds: int = Field(
+        3600, ge=1, description="Shortest expires_after.seconds an upload may ask for (OpenAI: 3600; lower only "
+        "for tests)."
+    )
     max_concurrent_jobs: int = Field(1, ge=1, description="Training attempts that may run at the same time.")
     max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")

@@ -11,7 +11,9 @@ Layout of ``JOB_DIR``::
     results.csv      the per-step metrics table (OpenAI's columns), written by the trainer at the end
     result.json      written last and atomically by an attempt that ends on its own (see ``write_result``)
 
-``spec.json`` keys: ``job_id``, ``method`` ("supervised", "dpo" or "reinforcement"), ``base_model`` (catalog name),
+``spec.json`` is the job's frozen training specification plus the attempt's own fields (``openft.spec``: typed,
+read back with ``read_attempt``). Keys: ``job_id``, ``method`` ("supervised", "dpo" or "reinforcement"),
+``base_model`` (the model the job was created on), ``root_model`` (the catalog name at the root of its lineage),
 ``base_model_path`` (a local Hugging Face folder), ``training_file`` and ``validation_file`` (local paths or null),
 ``hyperparameters`` (resolved numbers: ``n_epochs``, ``batch_size``, ``learning_rate_multiplier``,
 ``learning_rate``, for "dpo" ``beta``, for "reinforcement" ``compute_multiplier`` (float), ``eval_interval`` (int,

@@ -6,6 +6,7 @@ requests cannot corrupt a job: the loser re-reads the job and decides again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -73,8 +74,8 @@ def next_status(job: t.Job, action: str) -> str:
 
 
 def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
-    try:
-        models.resolve(store, settings, scope.org, req.model)  # a catalog model or one of this org's ft: models
+    try:  # a catalog model, one of this org's ft: models or one shared with it; its weights are frozen here
+        start = models.lineage(models.resolve(store, settings, scope.org, req.model))
     except NotFound:
         raise InvalidRequest(
             f"Model {req.model} is not available for fine-tuning or does not exist.",
@@ -104,6 +105,7 @@ def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobReque
         metadata_=req.metadata,
         integrations=[i.model_dump(exclude_none=True) for i in req.integrations] if req.integrations else None,
         result_files=[],
+        spec={"lineage": dataclasses.asdict(start)},
     )
     store.add(job)
     files = f"training file: {req.training_file}"

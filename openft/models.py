@@ -4,7 +4,13 @@ A name is either a catalog base model (``Settings.catalog()``), a fine-tuned mod
 organization (a row of ``checkpoints``), or one that another organization shared with it (``openft.permissions``).
 A fine-tuned model is its base plus a chain of LoRA adapters: a job that trained on top of ``ft:…`` adds its own
 adapter to its parent's chain. ``resolve`` turns a name into that chain, which is what training (``spec.json``:
-``base_model_path`` + ``parent_adapters``), sampling and export need.
+``base_model_path`` + ``parent_adapters``), sampling and export need. The chain a job starts from is frozen with
+the job when it is created (``openft.spec.Lineage``), so a fine-tuned model keeps working when the model it was
+trained on is deleted or no longer shared with its owner.
+
+Deleting a model removes its name at once (404 to its owner and to those it was shared with), while its weights
+stay on disk, unlisted, for as long as a model or job trained on them needs them; deleting the last of those
+removes them (``collect``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from pathlib import Path
 
 from openft import tables as t
 from openft.config import Settings
-from openft.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from openft.errors import Forbidden, InvalidRequest, NotFound
+from openft.spec import Lineage
 from openft.store import Store
 
 BASE_CREATED = 1704067200  # catalog models carry no creation time of their own
@@ -36,6 +43,21 @@ class ModelRef:
     owned_by: str = "openft"
     whole: bool = False  # a fully fine-tuned model: base_path is its own folder, with no adapters
     owners: frozenset[str] = frozenset()  # the organizations whose fine-tuned weights are in it (its lineage)
+    parent: str | None = None  # the model a fine-tuned model was trained on (None for a catalog model)
+
+
+def lineage(ref: ModelRef) -> Lineage:
+    """The weights a job trained on ``ref`` starts from."""
+    return Lineage(root_model=ref.base, base_model_path=str(ref.base_path), parent_adapters=tuple(ref.adapters),
+                   owners=tuple(sorted(ref.owners)))
+
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _lineage_paths(spec: dict | None) -> list[str]:
+    frozen = (spec or {}).get("lineage")
+    return [frozen["base_model_path"], *frozen["parent_adapters"]] if frozen else []
 
 
 def is_whole_model(path: str) -> bool:
@@ -72,9 +94,23 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     row = store.model_by_name(org, name) or store.shared_model(org, name)
     if row is None:
         raise not_found(name)
+    job = store.get_job(None, row.job_id)
+    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id, "parent": job.model}
+    frozen = (job.spec or {}).get("lineage")
+    if frozen:
+        owner["owners"] = frozenset(frozen.get("owners", ())) | {row.organization_id}
+        if is_whole_model(row.path):
+            return ModelRef(base=frozen["root_model"], base_path=Path(row.path), whole=True, **owner)
+        return ModelRef(base=frozen["root_model"], base_path=Path(frozen["base_model_path"]),
+                        adapters=[*frozen["parent_adapters"], row.path], **owner)
+    return _resolve_by_names(store, catalog, row, owner)
+
+
+def _resolve_by_names(store: Store, catalog: dict, row: t.Checkpoint, owner: dict) -> ModelRef:
+    """A model of a job created before lineages were frozen with jobs: its chain is found by name."""
+    name = owner["name"]
     rows, root = _lineage(store, catalog, row)
-    owner = {"name": name, "created": row.created_at, "owned_by": row.organization_id,
-             "owners": frozenset(link.organization_id for link in rows)}
+    owner = {**owner, "owners": frozenset(link.organization_id for link in rows)}
     for i, link in enumerate(rows):
         if is_whole_model(link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
             adapters = [r.path for r in reversed(rows[:i])]
@@ -85,27 +121,50 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
 
 
 def list_models(store: Store, settings: Settings, org: str) -> list[ModelRef]:
+    """The catalog, then ``org``'s own fine-tuned models and checkpoints, then those shared with it."""
     refs = [ModelRef(name=n, base=n, base_path=Path(p)) for n, p in settings.catalog().items()]
     for row in store.org_models(org) + store.models_shared_with(org):
-        refs.append(ModelRef(name=row.model_name, base="", base_path=Path(), adapters=[row.path],
-                             created=row.created_at, owned_by=row.organization_id))
+        try:
+            refs.append(resolve(store, settings, org, row.model_name))
+        except NotFound:  # a model whose lineage cannot be rebuilt is not offered
+            continue
     return refs
 
 
 def delete(store: Store, settings: Settings, org: str, name: str) -> None:
-    """Remove a fine-tuned model or checkpoint: its listing and its weights. Base models cannot be deleted."""
+    """Remove a fine-tuned model or checkpoint: its name and permissions now, its weights once nothing trained on
+    them needs them. Base models cannot be deleted."""
     if name in settings.catalog():
         raise InvalidRequest(f"The base model '{name}' cannot be deleted.", param="model", code="model_not_deletable")
     row: t.Checkpoint | None = store.model_by_name(org, name)
     if row is None:
         raise not_found(name)
-    children = [j for j in store.jobs_on_model(name) if j.status not in ("failed", "cancelled")]
-    if children:
-        raise Conflict(f"The model '{name}' is the base of fine-tuning job {children[0].id}; delete that job's "
-                       "models (or cancel it) first.", param="model", code="model_in_use")
     store.delete_checkpoints([row.id])
-    shutil.rmtree(row.path, ignore_errors=True)
     remove_exports(settings, name)
+    collect(store, settings, [row.path, *_lineage_paths(store.get_job(None, row.job_id).spec)])
+
+
+def release(store: Store, settings: Settings, job: t.Job) -> None:
+    """A job that ended without models (cancelled) no longer needs the weights it was trained on."""
+    collect(store, settings, _lineage_paths(job.spec))
+
+
+def collect(store: Store, settings: Settings, paths: list[str]) -> None:
+    """Remove those of ``paths`` (weights under the jobs folder, never a catalog model) that no listed model points
+    at and no job still needs: a job needs the weights of its lineage while it may still train (it is not
+    finished) or while any of its own models is listed."""
+    jobs_dir = settings.jobs_dir
+    paths = [p for p in dict.fromkeys(paths) if Path(p).resolve().is_relative_to(jobs_dir)]
+    if not paths:
+        return
+    needed = store.checkpoint_paths(paths)
+    for job_id, status, spec in store.job_specs():
+        wanted = set(_lineage_paths(spec)) & set(paths)
+        if wanted - needed and (status not in TERMINAL or store.has_checkpoints(job_id)):
+            needed |= wanted
+    for path in paths:
+        if path not in needed:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 EXPORT_FORMATS = ("adapter", "merged")

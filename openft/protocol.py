@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar, Union
+import math
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 T = TypeVar("T")
-Auto = Union[Literal["auto"], int, None]
-AutoFloat = Union[Literal["auto"], float, None]
+
+
+def _auto_or(kind: type):
+    """A hyperparameter that is "auto" or a number, validated in one piece: an error is located at the field
+    itself (``method.supervised.hyperparameters.batch_size``), never at a member of a union, whose internal label
+    (``literal['auto']``) would otherwise become the error's ``param``."""
+    noun = "an integer" if kind is int else "a number"
+
+    def check(value):
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be 'auto' or {noun}, got {value!r}")
+        if kind is int and value != int(value):
+            raise ValueError(f"must be 'auto' or {noun}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"must be 'auto' or a finite number, got {value!r}")
+        return kind(value)
+
+    wire = Union[Literal["auto"], kind, None]
+    return Annotated[wire, PlainValidator(check, json_schema_input_type=wire)]
+
+
+Auto = _auto_or(int)
+AutoFloat = _auto_or(float)
 
 
 class Strict(BaseModel):
@@ -149,6 +173,43 @@ class FileObject(BaseModel):
     status_details: str | None = None
 
 
+class ExpiresAfter(Strict):
+    anchor: str
+    seconds: int
+
+
+class CreateUploadRequest(Strict):
+    bytes: int = Field(ge=0)
+    filename: str
+    mime_type: str
+    purpose: str
+    expires_after: ExpiresAfter | None = None
+
+
+class CompleteUploadRequest(Strict):
+    part_ids: list[str]
+    md5: str | None = None
+
+
+class Upload(BaseModel):
+    id: str
+    object: Literal["upload"] = "upload"
+    bytes: int
+    created_at: int
+    expires_at: int
+    filename: str
+    purpose: str
+    status: Literal["pending", "completed", "cancelled", "expired"]
+    file: FileObject | None = None
+
+
+class UploadPart(BaseModel):
+    id: str
+    object: Literal["upload.part"] = "upload.part"
+    created_at: int
+    upload_id: str
+
+
 class Deleted(BaseModel):
     id: str
     object: str
@@ -185,3 +246,55 @@ class IdPage(Page[T], Generic[T]):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+# ---- MKA1's model object (GET /api/v1/llm/models) ---------------------------------------------------------------
+
+
+class Mka1Lifecycle(BaseModel):
+    status: Literal["active", "deprecated", "retired"] = "active"
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+    successor: str | None = None
+
+
+class Mka1Capabilities(BaseModel):
+    supports_temperature: bool
+    supports_top_p: bool
+    supports_reasoning: bool
+    supports_reasoning_effort: bool
+    supports_structured_outputs: bool | None
+
+
+class Mka1Model(BaseModel):
+    """MKA1's model object: OpenAI's four fields plus the model card (null where a fact is not recorded)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    model_type: Literal["llm"] = "llm"
+    input_modalities: list[str]
+    output_modalities: list[str]
+    context_window: int | None
+    max_image_resolution: dict[str, int] | None = None
+    min_image_resolution: dict[str, int] | None = None
+    embedding_dimension_range: dict[str, int] | None = None
+    parameter_count: int | None
+    active_parameter_count: int | None
+    release_date: str | None = None
+    serving_locations: list[str] | None = None
+    developer: str | None
+    base_model: str | None
+    weights: Literal["open", "closed"] | None
+    license: str | None
+    languages: list[str] | None
+    tts: dict[str, Any] | None = None
+    limitations: str | None
+    lifecycle: Mka1Lifecycle
+    capabilities: Mka1Capabilities
+
+
+class Mka1ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Mka1Model]

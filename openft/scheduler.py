@@ -16,8 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from openft import jobdir, jobs, models, validation
+from openft import files, jobdir, jobs, models, uploads, validation
 from openft import tables as t
+from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.graders.worker import endpoint_for as grader_endpoint
@@ -59,6 +60,8 @@ class Scheduler:
         for job in self.store.live_jobs():
             self.reconcile(job)
         self.start_queued()
+        files.sweep_expired(self.store, self.blobs)
+        uploads.sweep_expired(self.store, self.blobs)
 
     # ---- validating_files → queued | failed ------------------------------------------------------------------
 
@@ -88,7 +91,24 @@ class Scheduler:
         self.store.transition(
             job.id, "validating_files", "queued", events,
             validated=True, n_examples=report.n_examples, hyperparameters=jobs.top_hyperparameters(method),
-            method=method,
+            method=method, spec=self._freeze(job, method).to_json(),
+        )
+
+    def _freeze(self, job: t.Job, method: dict) -> TrainingSpec:
+        """The job's training specification from the current settings: done once, when its files are validated."""
+        kind = method["type"]
+        hp = dict(method[kind]["hyperparameters"])
+        hp["learning_rate"] = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
+        frozen = (job.spec or {}).get("lineage")
+        if frozen:
+            lineage = Lineage.from_json(frozen)
+        else:  # a job created before lineages were frozen at creation
+            lineage = models.lineage(models.resolve(self.store, self.settings, job.organization_id, job.model))
+        s = self.settings
+        return TrainingSpec(
+            job_id=job.id, method=kind, base_model=job.model, lineage=lineage, hyperparameters=hp, seed=job.seed,
+            lora=None if s.full_fine_tuning else Lora(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout),
+            max_length=s.max_length, grader=method[kind].get("grader") if kind == "reinforcement" else None,
         )
 
     def _check(self, file_id: str, param: str, min_examples: int, kind: str) -> validation.ValidationReport:
@@ -125,41 +145,30 @@ class Scheduler:
             self.store.set_worker(job.id, handle)
 
     def _prepare(self, job: t.Job, attempt: int) -> Path:
-        """Write the job directory for one attempt: data files (once), a fresh spec.json, no stale control/result."""
+        """Write the job directory for one attempt: data files (once), spec.json (the job's frozen spec plus this
+        attempt's paths, resume point and number), no stale control/result."""
         job_dir = self.settings.jobs_dir / job.id
         job_dir.mkdir(parents=True, exist_ok=True)
         for name in (jobdir.RESULT, jobdir.CONTROL):
             (job_dir / name).unlink(missing_ok=True)
-        files = {"training_file": job.training_file, "validation_file": job.validation_file}
+        wanted = {"training_file": job.training_file, "validation_file": job.validation_file}
         paths = {}
-        for param, file_id in files.items():
+        for param, file_id in wanted.items():
             if file_id:
                 dest = job_dir / f"{param}.jsonl"
                 if not dest.exists():
                     self.blobs.local_copy(self.store.file_blob_key(file_id), str(dest))
                 paths[param] = str(dest)
-        hp = dict(job.method[job.method["type"]]["hyperparameters"])
-        model = models.resolve(self.store, self.settings, job.organization_id, job.model)
-        hp["learning_rate"] = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
-        spec = {
-            "job_id": job.id,
-            "method": job.method["type"],
-            "base_model": job.model,
-            "base_model_path": str(model.base_path),
-            "parent_adapters": model.adapters,
-            "training_file": paths["training_file"],
-            "validation_file": paths.get("validation_file"),
-            "hyperparameters": hp,
-            "seed": job.seed,
-            "lora": None if self.settings.full_fine_tuning else {
-                "r": self.settings.lora_r, "alpha": self.settings.lora_alpha, "dropout": self.settings.lora_dropout},
-            "max_length": self.settings.max_length,
-            "resume_from": job.resume_from,
-            "attempt": attempt,
-        }
-        if job.method["type"] == "reinforcement":
-            spec["grader"] = job.method["reinforcement"]["grader"]
-            spec["grader_endpoint"] = grader_endpoint(self.settings, job.organization_id, job.id)
+        if not (job.spec or {}).get("hyperparameters"):  # validated before specs were frozen: freeze it now
+            job.spec = self._freeze(job, job.method).to_json()
+            self.store.transition(job.id, "running", "running", spec=job.spec)
+        frozen = TrainingSpec.from_json(job.spec)
+        endpoint = None
+        if frozen.method == "reinforcement":  # where graders sample is the service's, not the job's, concern
+            endpoint = grader_endpoint(self.settings, job.organization_id, job.id)
+        attempt_spec = AttemptSpec(training_file=paths["training_file"], validation_file=paths.get("validation_file"),
+                                   resume_from=job.resume_from, attempt=attempt, grader_endpoint=endpoint)
+        spec = attempt_json(frozen, attempt_spec)
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
 
@@ -200,9 +209,10 @@ class Scheduler:
             if time.time() - (job.cancel_requested_at or 0) > self.settings.cancel_grace_seconds:
                 self.executor.kill(job.worker)
             return
-        # Cancelled jobs keep no checkpoints.
+        # Cancelled jobs keep no checkpoints, nor need the weights they were trained on.
         self.store.delete_checkpoints([c.id for c in self.store.checkpoints_of(job.id)])
         shutil.rmtree(job_dir / jobdir.CHECKPOINTS, ignore_errors=True)
+        models.release(self.store, self.settings, job)
         self.store.transition(job.id, "cancelled", "cancelled", worker=None, cancel_requested_at=None)
 
     def _recover(self, job: t.Job, job_dir: Path, why: str) -> None:
@@ -283,7 +293,8 @@ class Scheduler:
                 self._rotate(job, job_dir)
 
     def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
-        base = models.resolve(self.store, self.settings, job.organization_id, job.model).base
+        base = TrainingSpec.from_json(job.spec).lineage.root_model if (job.spec or {}).get("hyperparameters") else \
+            models.resolve(self.store, self.settings, job.organization_id, job.model).base
         if r["reason"] == "final":
             name = fine_tuned_model_name(base, job.organization_id, job.suffix, short_id())
         else:

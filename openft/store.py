@@ -6,10 +6,11 @@ Rows returned are detached ORM objects (expire_on_commit=False), safe to read af
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select, update
+from sqlalchemy import create_engine, delete, event, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +57,11 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _live_file() -> tuple:
+    """A file is visible until it is deleted or expires."""
+    return t.File.deleted.is_(False), or_(t.File.expires_at.is_(None), t.File.expires_at > int(time.time()))
+
+
 def _scoped(stmt, table, scope: Scope):
     stmt = stmt.where(table.organization_id == scope.org)
     return stmt.where(table.user == scope.user) if scope.user is not None else stmt
@@ -97,12 +103,12 @@ class Store:
 
     def get_file(self, scope: Scope, file_id: str) -> t.File | None:
         with self.session() as s:
-            stmt = _scoped(select(t.File).where(t.File.id == file_id, t.File.deleted.is_(False)), t.File, scope)
+            stmt = _scoped(select(t.File).where(t.File.id == file_id, *_live_file()), t.File, scope)
             return s.scalar(stmt)
 
     def list_files(self, scope: Scope, after, limit, order, purpose):
         with self.session() as s:
-            stmt = _scoped(select(t.File).where(t.File.deleted.is_(False)), t.File, scope)
+            stmt = _scoped(select(t.File).where(*_live_file()), t.File, scope)
             if purpose:
                 stmt = stmt.where(t.File.purpose == purpose)
             return _page(s, stmt, t.File, after, limit, newest_first=(order == "desc"))
@@ -111,10 +117,44 @@ class Store:
         with self.session.begin() as s:
             s.execute(update(t.File).where(t.File.id == file_id).values(deleted=True))
 
+    def expired_files(self) -> list[t.File]:
+        """Files past their expiry whose bytes are not yet removed."""
+        with self.session() as s:
+            stmt = select(t.File).where(t.File.deleted.is_(False), t.File.expires_at <= int(time.time()))
+            return list(s.scalars(stmt))
+
+    def file_in_use(self, file_id: str) -> bool:
+        """Whether an unfinished job trains or validates on the file."""
+        with self.session() as s:
+            stmt = select(t.Job.id).where(or_(t.Job.training_file == file_id, t.Job.validation_file == file_id),
+                                          t.Job.status.not_in(("succeeded", "failed", "cancelled"))).limit(1)
+            return s.scalar(stmt) is not None
+
     def file_blob_key(self, file_id: str) -> str | None:
         """The bytes of a file, whoever owns it (the scheduler validates files of every organization)."""
         with self.session() as s:
             return s.scalar(select(t.File.blob_key).where(t.File.id == file_id))
+
+    # ---- uploads ----
+    def get_upload(self, scope: Scope, upload_id: str) -> t.Upload | None:
+        with self.session() as s:
+            return s.scalar(_scoped(select(t.Upload).where(t.Upload.id == upload_id), t.Upload, scope))
+
+    def upload_parts(self, upload_id: str) -> list[t.UploadPart]:
+        with self.session() as s:
+            stmt = select(t.UploadPart).where(t.UploadPart.upload_id == upload_id).order_by(t.UploadPart.seq)
+            return list(s.scalars(stmt))
+
+    def set_upload_status(self, upload_id: str, frm: str, to: str, **fields) -> bool:
+        """Compare-and-set an upload's status: of two racing completes or cancels, one wins."""
+        with self.session.begin() as s:
+            stmt = update(t.Upload).where(t.Upload.id == upload_id, t.Upload.status == frm).values(status=to, **fields)
+            return s.execute(stmt).rowcount == 1
+
+    def expired_uploads(self) -> list[t.Upload]:
+        with self.session() as s:
+            stmt = select(t.Upload).where(t.Upload.status == "pending", t.Upload.expires_at <= int(time.time()))
+            return list(s.scalars(stmt))
 
     # ---- jobs ----
     def get_job(self, scope: Scope | None, job_id: str) -> t.Job | None:
@@ -206,11 +246,20 @@ class Store:
             stmt = select(t.Checkpoint).where(t.Checkpoint.organization_id == org).order_by(t.Checkpoint.seq)
             return list(s.scalars(stmt))
 
-    def jobs_on_model(self, model: str) -> list[t.Job]:
-        """Jobs of any organization that train on top of ``model`` (model names are unique)."""
+    def job_specs(self) -> list[tuple[str, str, dict]]:
+        """(id, status, spec) of every job with a stored spec, of every organization: which weights they need."""
         with self.session() as s:
-            stmt = select(t.Job).where(t.Job.model == model)
-            return list(s.scalars(stmt))
+            stmt = select(t.Job.id, t.Job.status, t.Job.spec).where(t.Job.spec.is_not(None))
+            return [tuple(row) for row in s.execute(stmt)]
+
+    def checkpoint_paths(self, paths: list[str]) -> set[str]:
+        """Those of ``paths`` that a checkpoint row (a listed model) still points at."""
+        with self.session() as s:
+            return set(s.scalars(select(t.Checkpoint.path).where(t.Checkpoint.path.in_(paths))))
+
+    def has_checkpoints(self, job_id: str) -> bool:
+        with self.session() as s:
+            return s.scalar(select(t.Checkpoint.id).where(t.Checkpoint.job_id == job_id).limit(1)) is not None
 
     def model_by_name(self, org: str, name: str) -> t.Checkpoint | None:
         with self.session() as s:

@@ -42,6 +42,36 @@ class File(Base):
     status: Mapped[str] = mapped_column(String(16), default="processed")
     blob_key: Mapped[str] = mapped_column(Text)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger)  # hidden from then on; bytes kept while a job needs them
+
+
+class Upload(Base):
+    """OpenAI's Upload: a file sent in parts (``upload_parts``), assembled into a ``files`` row at completion."""
+
+    __tablename__ = "uploads"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    user: Mapped[str | None] = mapped_column(String(150))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(32))
+    mime_type: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)  # what the client announced; checked at completion
+    file_lifetime: Mapped[int | None] = mapped_column(BigInteger)  # expires_after.seconds for the File
+    status: Mapped[str] = mapped_column(String(16))  # pending | completed | cancelled
+    file_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    upload_id: Mapped[str] = mapped_column(String(64), ForeignKey("uploads.id"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(Text)
 
 
 class Job(Base):
@@ -75,6 +105,9 @@ class Job(Base):
     worker: Mapped[dict | None] = mapped_column(NullableJSON)  # the executor's handle of the live attempt
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     resume_from: Mapped[str | None] = mapped_column(Text)
+    # The frozen training specification (openft.spec.TrainingSpec as JSON): {"lineage": …} from creation, the
+    # whole spec once the files are validated. Every attempt runs from it.
+    spec: Mapped[dict | None] = mapped_column(NullableJSON)
     cancel_requested_at: Mapped[float | None] = mapped_column(Float)
 
 

@@ -4,6 +4,7 @@ and DPO on top of a supervised job's fine-tuned model."""
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 import torch
@@ -90,7 +91,7 @@ def test_a_chat_file_for_a_dpo_job_fails_validation_with_the_line(make_server):
     assert "line 1" in failed.error.message.lower()
 
 
-def test_sft_then_dpo_on_its_fine_tuned_model(make_server):
+def test_sft_then_dpo_on_its_fine_tuned_model_which_outlives_the_deleted_parent(make_server):
     server = make_server().start()
     client = server.client()
     sft = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, chat_rows(12)), seed=1,
@@ -102,7 +103,22 @@ def test_sft_then_dpo_on_its_fine_tuned_model(make_server):
     done = wait_for(client, dpo.id, "succeeded")
     assert done.fine_tuned_model.startswith("ft:tiny:org-local:dpo:")  # named after the root base model
     assert done.fine_tuned_model in {m.id for m in client.models.list()}
-    with pytest.raises(openai.ConflictError):  # the DPO model is built on the SFT adapter: it stays
-        client.models.delete(parent)
     spec = (server.data_dir / "jobs" / dpo.id / "spec.json").read_text()
-    assert str(server.data_dir / "jobs" / sft.id / "checkpoints" / "final") in spec  # trained from its weights
+    parent_weights = server.data_dir / "jobs" / sft.id / "checkpoints" / "final"
+    assert str(parent_weights) in spec  # trained from its weights
+
+    # The parent can be deleted: its name is gone at once, its weights stay while the DPO model needs them.
+    assert client.models.delete(parent).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(parent)
+    assert parent not in {m.id for m in client.models.list()}
+    assert parent_weights.is_dir()
+    question = [{"role": "user", "content": "What is item number 3?"}]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=question, max_tokens=4)
+    assert reply.choices[0].message.content
+    export = httpx.get(f"{server.url}/v1/models/{done.fine_tuned_model}/export", params={"format": "merged"},
+                       timeout=300)
+    assert export.status_code == 200 and export.content[:2] == b"\x1f\x8b"  # a gzip archive
+    # Deleting the last model built on them removes the parent's weights too.
+    assert client.models.delete(done.fine_tuned_model).deleted
+    assert not parent_weights.exists()

@@ -43,5 +43,11 @@ def test_a_fully_fine_tuned_model_is_sampled_exported_and_trained_on(make_server
                                            hyperparameters={"n_epochs": 1, "batch_size": 10})
     child = wait_for(client, child.id, "succeeded")
     assert child.fine_tuned_model.startswith("ft:tiny:")
-    with pytest.raises(openai.ConflictError):  # the child is built on it
-        client.models.delete(done.fine_tuned_model)
+    # The parent may be deleted: the child, built on its whole-model folder, keeps it until the child goes too.
+    assert client.models.delete(done.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(done.fine_tuned_model)
+    assert client.chat.completions.create(model=child.fine_tuned_model, messages=QUESTION, max_tokens=4).choices
+    assert final.is_dir()
+    client.models.delete(child.fine_tuned_model)
+    assert not final.exists()

@@ -109,3 +109,28 @@ def test_deleting_a_fine_tuned_model_removes_its_listing_and_weights(trained):
     assert epoch.fine_tuned_model_checkpoint not in {m.id for m in c["globex"].models.list()}
     with pytest.raises(openai.NotFoundError):
         c["acme"].models.retrieve(epoch.fine_tuned_model_checkpoint)
+
+
+def test_a_grantees_model_survives_a_revoked_share_and_the_owner_deleting_the_shared_model(trained):
+    server, c, job = trained
+    perms = c["acme"].fine_tuning.checkpoints.permissions
+    granted = perms.create(job.fine_tuned_model, project_ids=["initech"]).data[0]
+    derived = c["initech"].fine_tuning.jobs.create(
+        model=job.fine_tuned_model, training_file=upload(c["initech"], chat_rows(10)), seed=2,
+        hyperparameters={"n_epochs": 1, "batch_size": 5}, suffix="derived")
+    derived = wait_for(c["initech"], derived.id, "succeeded").fine_tuned_model
+    parent_weights = server.data_dir / "jobs" / job.id / "checkpoints" / "final"
+
+    perms.delete(granted.id, fine_tuned_model_checkpoint=job.fine_tuned_model)
+    # The owner may delete its model whatever another organization trained on it (no 409 naming their job).
+    assert c["acme"].models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        c["acme"].models.retrieve(job.fine_tuned_model)
+    assert parent_weights.is_dir()  # still needed by initech's model
+    assert derived in {m.id for m in c["initech"].models.list()}
+    assert c["initech"].models.retrieve(derived).owned_by == "initech"
+    reply = c["initech"].chat.completions.create(model=derived, max_tokens=3,
+                                                 messages=[{"role": "user", "content": "What is item number 1?"}])
+    assert reply.choices[0].message.content
+    c["initech"].models.delete(derived)
+    assert not parent_weights.exists()

@@ -1,8 +1,14 @@
-"""Route for chat/completions: sample a base, fine-tuned or checkpoint model (see openft.sampling)."""
+"""Routes for chat/completions: sample a base, fine-tuned or checkpoint model (see openft.sampling).
+
+MKA1 also serves ``POST /api/v1/llm/chat/completions/stream`` (``mka1_router``): the same request, always
+streamed, as server-sent events that name their kind — ``event: message`` with a ``chat.completion.chunk``,
+``event: error`` with the error envelope as a JSON string, and a closing ``event: done``.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -14,6 +20,7 @@ from openft.services import Services
 from openft.store import Scope
 
 router = APIRouter(tags=["chat"])
+mka1_router = APIRouter(tags=["chat"])
 
 
 @router.post("/chat/completions")
@@ -26,3 +33,28 @@ async def create_chat_completion(request: Request, who: Scope = Depends(scope), 
     if isinstance(result, dict):
         return result
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+@mka1_router.post("/chat/completions/stream")
+async def stream_chat_completion(request: Request, who: Scope = Depends(scope), svc: Services = Depends(services)):
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    result = await sampling.complete(svc, request.app.state.inference, who, {**body, "stream": True})
+    return StreamingResponse(_named_events(result), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache"})
+
+
+async def _named_events(lines: AsyncIterator[str]):
+    """OpenAI's ``data:`` lines as MKA1's named events."""
+    async for line in lines:
+        data = line.removeprefix("data: ").strip()
+        if data == "[DONE]":
+            yield "event: done\ndata: [DONE]\n\n"
+        elif data.startswith('{"error"'):
+            yield f"event: error\ndata: {json.dumps(data)}\n\n"
+        else:
+            yield f"event: message\ndata: {data}\n\n"

@@ -20,14 +20,17 @@ router = APIRouter(prefix="/files", tags=["files"])
 
 @router.post("", response_model=p.FileObject)
 async def upload_file(
-    file: UploadFile, purpose: str = Form(...), who: Scope = Depends(scope), svc: Services = Depends(services)
+    file: UploadFile, purpose: str = Form(...), who: Scope = Depends(scope), svc: Services = Depends(services),
+    anchor: str | None = Form(None, alias="expires_after[anchor]"),
+    seconds: str | None = Form(None, alias="expires_after[seconds]"),
 ):
+    lifetime = files.lifetime(svc.settings, purpose, anchor, seconds)
     limit = svc.settings.max_file_bytes
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise TooLarge(f"File is larger than the limit of {limit} bytes.", param="file", code="file_too_large")
     # on a thread: writing up to OPENFT_MAX_FILE_BYTES to the blob store must not stall the event loop
-    return files.to_wire(await run_in_threadpool(files.upload, svc, who, file.filename, purpose, data))
+    return files.to_wire(await run_in_threadpool(files.upload, svc, who, file.filename, purpose, data, lifetime))
 
 
 @router.get("", response_model=p.IdPage[p.FileObject])
@@ -54,8 +57,7 @@ def retrieve_file(file_id: str, who: Scope = Depends(scope), svc: Services = Dep
 @router.get("/{file_id}/content")
 def file_content(file_id: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
     row = files.get(svc, who, file_id)
-    media = "text/csv" if row.filename.endswith(".csv") else "application/octet-stream"
-    return Response(svc.blobs.get(row.blob_key), media_type=media)
+    return Response(svc.blobs.get(row.blob_key), media_type=files.media_type(row.filename))
 
 
 @router.delete("/{file_id}", response_model=p.Deleted)

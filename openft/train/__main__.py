@@ -23,6 +23,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from openft import jobdir  # noqa: E402  (the environment above must be set first)
+from openft.spec import attempt_json, read_attempt  # noqa: E402
 from openft.train import JobError  # noqa: E402
 
 
@@ -47,6 +48,10 @@ def run_attempt(job_dir: Path) -> dict:
     spec = jobdir.read_json(job_dir / jobdir.SPEC)
     if spec is None:
         raise JobError(f"{job_dir / jobdir.SPEC} does not exist")
+    try:  # every setting comes from the job's frozen spec; only the attempt's own fields are added to it
+        spec = attempt_json(*read_attempt(spec))
+    except (KeyError, TypeError) as exc:
+        raise JobError(f"{job_dir / jobdir.SPEC} is not a training specification: {exc!r}") from None
     from openft.train.recipes import RECIPES  # inside the try: even a broken install ends in result.json
 
     recipe = RECIPES.get(spec.get("method"))

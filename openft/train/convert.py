@@ -88,4 +88,21 @@ def _write_hf_folder(gguf_path: Path, out: Path) -> None:
     if not tokenizer.chat_template:
         raise ValueError(f"{gguf_path} has no chat template; openft needs one to train on chat data")
     tokenizer.save_pretrained(out)
+    write_model_card(gguf_path, out)
+
+
+def write_model_card(gguf_path: Path, out: Path) -> None:
+    """Keep what the GGUF file says about its weights (licence, languages) as the folder's model card header, where
+    the service reads it (``openft.modelcard``)."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(gguf_path)).fields
+    lines = []
+    for key, name in (("general.license", "license"), ("general.languages", "language")):
+        if key in fields:
+            value = fields[key].contents()
+            lines += [f"{name}:"] + [f"- {v}" for v in value] if isinstance(value, list) else [f"{name}: {value}"]
+    title = fields["general.name"].contents() if "general.name" in fields else gguf_path.stem
+    (out / "README.md").write_text("---\n" + "".join(f"{line}\n" for line in lines) + f"---\n# {title}\n\n"
+                                   f"Converted from {gguf_path.name}.\n", encoding="utf-8")
 
