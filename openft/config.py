@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
     scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
+    events_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between the database reads of a live event stream (`?stream=true`)."
+    )
     cancel_grace_seconds: float = Field(10.0, ge=0, description="How long a cancelled attempt may take to stop before it is killed.")
     base_learning_rate: float = Field(
         5e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."

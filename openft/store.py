@@ -184,6 +184,21 @@ class Store:
         with self.session() as s:
             return _page(s, select(t.Event).where(t.Event.job_id == job_id), t.Event, after, limit)
 
+    def event_seq(self, job_id: str, event_id: str) -> int:
+        """The position of one of the job's events (0, the start, for an id it does not have)."""
+        with self.session() as s:
+            return s.scalar(select(t.Event.seq).where(t.Event.job_id == job_id, t.Event.id == event_id)) or 0
+
+    def events_after(self, job_id: str, seq: int, limit: int = 1000) -> list[t.Event]:
+        """The job's events after position ``seq``, oldest first."""
+        with self.session() as s:
+            stmt = select(t.Event).where(t.Event.job_id == job_id, t.Event.seq > seq).order_by(t.Event.seq)
+            return list(s.scalars(stmt.limit(limit)))
+
+    def job_status(self, job_id: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(t.Job.status).where(t.Job.id == job_id))
+
     def list_checkpoints(self, job_id: str, after, limit):
         with self.session() as s:
             return _page(s, select(t.Checkpoint).where(t.Checkpoint.job_id == job_id), t.Checkpoint, after, limit)
