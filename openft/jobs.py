@@ -71,7 +71,8 @@ def next_status(job: t.Job, action: str) -> str:
 # ---- create ----------------------------------------------------------------------------------------------------
 
 
-def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
+def check_request(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> dict:
+    """Everything about a job request that can be checked before its files are read; returns its method."""
     try:
         models.resolve(store, settings, scope.org, req.model)  # a catalog model or one of this org's ft: models
     except NotFound:
@@ -85,7 +86,11 @@ def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobReque
         _check_file(store, scope, req.validation_file, "validation_file")
     _check_suffix(req.suffix)
     _check_metadata(req.metadata)
-    method = _normalize_method(req)
+    return _normalize_method(req)
+
+
+def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
+    method = check_request(store, settings, scope, req)
     seed = req.seed if req.seed is not None else random.randint(0, 2147483647)
     job = t.Job(
         id=new_id("ftjob"),

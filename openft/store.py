@@ -199,6 +199,17 @@ class Store:
         with self.session() as s:
             return s.scalar(select(t.Job.status).where(t.Job.id == job_id))
 
+    def throughput_samples(self, base: str, limit: int = 5) -> list[dict]:
+        """The newest measured-throughput records of jobs trained on ``base`` (or on a fine-tune of it)."""
+        with self.session() as s:
+            stmt = (
+                select(t.Event.data).join(t.Job, t.Job.id == t.Event.job_id)
+                .where((t.Job.model == base) | t.Job.model.startswith(f"ft:{base}:", autoescape=True))
+                .where(t.Event.message.startswith("Measured throughput:"))
+                .order_by(t.Event.seq.desc()).limit(limit)
+            )
+            return [row["throughput"] for row in s.scalars(stmt) if row and "throughput" in row]
+
     def list_checkpoints(self, job_id: str, after, limit):
         with self.session() as s:
             return _page(s, select(t.Checkpoint).where(t.Checkpoint.job_id == job_id), t.Checkpoint, after, limit)

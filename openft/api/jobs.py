@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
-from openft import jobs
+from openft import dryrun, jobs
 from openft import protocol as p
 from openft.api import sse
 from openft.api.deps import scope, services
@@ -15,8 +15,10 @@ from openft.store import Scope
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-@router.post("", response_model=p.FineTuningJob)
+@router.post("", response_model=p.FineTuningJob | p.DryRun)
 def create_job(req: p.CreateJobRequest, who: Scope = Depends(scope), svc: Services = Depends(services)):
+    if req.dry_run:  # the plan only: nothing is created
+        return dryrun.plan(svc.store, svc.blobs, svc.settings, who, req)
     return jobs.to_wire(jobs.create(svc.store, svc.settings, who, req))
 
 

@@ -146,6 +146,9 @@ class JobCallback(TrainerCallback):
         self._step_times: deque[float] = deque(maxlen=10)
         self._last_mark: float | None = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.startup_seconds, self.began, self.first_step = reporting.process_age(), time.monotonic(), state.global_step
+
     def on_step_begin(self, args, state, control, **kwargs):
         if self._last_mark is None:
             self._last_mark = time.monotonic()
@@ -198,6 +201,9 @@ def finish(job_dir: Path, trainer, job: JobCallback, trained_tokens: int) -> dic
     trainer.save_model(str(job_dir / FINAL_CHECKPOINT))  # the adapter (or full weights) + tokenizer
     reporting.checkpoint(job_dir, state.max_steps, FINAL_CHECKPOINT, "final", job.last_metrics)
     reporting.write_results_csv(job_dir)
+    steps = state.max_steps - job.first_step
+    reporting.throughput(job_dir, trained_tokens * steps // state.max_steps, steps, time.monotonic() - job.began,
+                         job.startup_seconds)
     return {
         "status": "succeeded",
         "trained_tokens": trained_tokens,
