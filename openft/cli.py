@@ -1,4 +1,5 @@
-"""The `openft` command: serve, keys create, models prepare / list, export."""
+"""The `openft` command. On the server: serve, keys create, models prepare, export. As a client of any server
+(``openft.client``): files, jobs, models list / delete, chat."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from openft import client
 from openft.config import Settings
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
@@ -24,16 +26,21 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an API key for an organization and print it once")
     create.add_argument("--org", required=True, help="organization id, e.g. acme (letters, digits, _ and -)")
-    models = sub.add_parser("models", help="the base-model catalog").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="models: prepare the catalog (server), list and delete (client)").add_subparsers(dest="models_command", required=True)
     prepare = models.add_parser("prepare", help=f"convert the bundled {DEMO_MODEL} GGUF once and add it to the catalog")
     prepare.add_argument("--force", action="store_true", help="convert again even when a cached copy exists")
-    models.add_parser("list", help="print the catalog")
+    client.add_model_commands(models)
     export = sub.add_parser("export", help="write a fine-tuned model as a LoRA adapter or a merged HF folder")
     export.add_argument("model", help="a fine-tuned model or checkpoint name (ft:…)")
     export.add_argument("--org", default="org_local", help="the organization that owns the model (default org_local)")
     export.add_argument("--format", choices=["adapter", "merged"], default="merged")
     export.add_argument("--out", required=True, type=Path, help="the folder to create")
+    client.add_commands(sub)
+    client.add_chat_command(sub)
+    client.add_connection_options(parser)
     args = parser.parse_args(argv)
+    if args.command in client.COMMANDS and getattr(args, "models_command", None) != "prepare":
+        return client.run(args)
     settings = Settings()
     if args.command == "serve":
         return _serve(settings, args.host or settings.host, args.port or settings.port)
@@ -41,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return _create_key(settings, args.org)
     if args.command == "export":
         return _export(settings, args.model, args.org, args.format, args.out)
-    if args.models_command == "prepare":
-        return _prepare_demo_model(settings, args.force)
-    for name, path in settings.catalog().items():
-        print(f"{name}\t{path}")
-    return 0
+    return _prepare_demo_model(settings, args.force)
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
