@@ -12,7 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from openft import webhooks
 from openft.api import chat, checkpoints, files, graders, jobs, models
+from openft.api import webhooks as webhook_routes
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
@@ -47,6 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.enable_scheduler:
             scheduler.start()
         app.state.scheduler = scheduler
+        dispatcher = webhooks.Dispatcher(svc.store, settings)
+        if settings.enable_webhooks:
+            dispatcher.start()
         # The inference worker (torch) starts at the first chat completion, never in this process.
         app.state.inference = InferenceClient(
             max_adapter_bytes=settings.inference_max_adapter_bytes, max_bases=settings.inference_max_bases,
@@ -55,11 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.inference.close()
         scheduler.stop()
+        dispatcher.stop()
         svc.store.engine.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     api = APIRouter()
-    for module in (files, jobs, checkpoints, models, chat, graders):
+    for module in (files, jobs, checkpoints, models, chat, graders, webhook_routes):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)

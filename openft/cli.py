@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--org", default="org_local", help="the organization that owns the model (default org_local)")
     export.add_argument("--format", choices=["adapter", "merged"], default="merged")
     export.add_argument("--out", required=True, type=Path, help="the folder to create")
+    hooks = sub.add_parser("webhooks", help="webhook endpoints of an organization (on the server)")
+    hooks = hooks.add_subparsers(dest="webhooks_command", required=True)
+    add = hooks.add_parser("add", help="send this organization's job webhooks to URL; prints the signing secret once")
+    add.add_argument("--org", required=True, help="the organization (org_local when the server runs without keys)")
+    add.add_argument("--event-type", action="append", dest="event_types", help="only these (repeatable)")
+    add.add_argument("url")
+    hooks.add_parser("list", help="every endpoint and its delivery counts").add_argument("--org")
     client.add_commands(sub)
     client.add_chat_command(sub)
     client.add_connection_options(parser)
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "keys":
         return _create_key(settings, args.org)
+    if args.command == "webhooks":
+        return _webhooks(settings, args)
     if args.command == "export":
         return _export(settings, args.model, args.org, args.format, args.out)
     return _prepare_demo_model(settings, args.force)
@@ -86,6 +95,27 @@ def _create_key(settings: Settings, org: str) -> int:
     key = f"sk-openft-{secrets.token_urlsafe(32)}"
     svc.store.add_key(org, key)
     print(key)
+    return 0
+
+
+def _webhooks(settings: Settings, args) -> int:
+    from openft import webhooks
+    from openft.app import build_services
+    from openft.errors import APIError
+
+    svc = build_services(settings)
+    if args.webhooks_command == "add":
+        try:
+            endpoint = webhooks.create_endpoint(svc.store, args.org, args.url, event_types=args.event_types)
+        except APIError as err:
+            print(err.message, file=sys.stderr)
+            return 2
+        print(json.dumps(webhooks.to_wire(endpoint, with_secret=True), indent=2))
+        return 0
+    for endpoint in svc.store.list_webhook_endpoints(args.org):
+        states = [d.status for d in svc.store.webhook_deliveries(endpoint.id)]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in ("pending", "delivered", "failed"))
+        print(f"{endpoint.id}\t{endpoint.organization_id}\t{endpoint.url}\t{counts}")
     return 0
 
 

@@ -209,3 +209,9 @@ class DryRun(BaseModel):
     estimated_seconds: int
     estimated_peak_memory_bytes: int
     calibration: dict[str, Any]
+
+
+class CreateWebhookEndpointRequest(Strict):
+    url: str = Field(min_length=1, max_length=2048)
+    name: str | None = Field(None, max_length=256)
+    event_types: list[str] | None = None
