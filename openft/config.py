@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         "failure (at most an hour)."
     )
     webhook_max_attempts: int = Field(12, ge=1, description="Attempts per webhook before it is given up.")
+    wandb_api_key: str | None = Field(
+        None, description="W&B API key for jobs that ask for the wandb integration (requests never carry one)."
+    )
+    wandb_mode: str | None = Field(None, description="W&B mode for those jobs: online (W&B's default), offline or "
+                                   "disabled.")
+    wandb_base_url: str | None = Field(None, description="W&B server URL (a self-hosted W&B); default W&B's cloud.")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="How long a cancelled attempt may take to stop before it is killed.")
     base_learning_rate: float = Field(
         5e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import jobdir, jobs, models, validation
+from openft import integrations, jobdir, jobs, models, validation
 from openft import tables as t
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -155,6 +155,7 @@ class Scheduler:
             "max_length": self.settings.max_length,
             "resume_from": job.resume_from,
             "attempt": attempt,
+            "wandb": integrations.wandb_spec(job, self.settings),
         }
         if job.method["type"] == "reinforcement":
             spec["grader"] = job.method["reinforcement"]["grader"]

@@ -32,7 +32,7 @@ import torch
 from transformers import TrainerCallback
 
 from openft import jobdir
-from openft.train import JobError, reporting
+from openft.train import JobError, reporting, wandb_report
 
 FINAL_CHECKPOINT = f"{jobdir.CHECKPOINTS}/final"
 
@@ -145,6 +145,7 @@ class JobCallback(TrainerCallback):
         self.last_metrics: dict = {}
         self._step_times: deque[float] = deque(maxlen=10)
         self._last_mark: float | None = None
+        self.wandb = wandb_report.open_report(job_dir)  # None unless the job asked for W&B
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.startup_seconds, self.began, self.first_step = reporting.process_age(), time.monotonic(), state.global_step
@@ -157,6 +158,8 @@ class JobCallback(TrainerCallback):
         step, total = state.global_step, state.max_steps
         self.last_metrics = {"step": step, "total_steps": total, **self.measure(self.trainer, step)}
         reporting.metrics(self.job_dir, self.last_metrics)
+        if self.wandb:
+            self.wandb.log(self.last_metrics)
         now = time.monotonic()
         self._step_times.append(now - self._last_mark)
         self._last_mark = now
@@ -190,6 +193,8 @@ class JobCallback(TrainerCallback):
 def finish(job_dir: Path, trainer, job: JobCallback, trained_tokens: int) -> dict:
     """The attempt's ``result.json`` content, once ``train()`` has returned; saves the final weights on success."""
     state = trainer.state
+    if job.wandb:
+        job.wandb.finish()
     if job.stop == "cancel":
         return {"status": "cancelled"}
     if job.stop == "pause":
