@@ -268,7 +268,7 @@ class Scheduler:
             return
         events, checkpoints, fields = [], [], {}
         for r in records:
-            if r["kind"] == "message":
+            if r["kind"] in ("message", "throughput"):
                 events.append({"message": r["message"], "level": r.get("level", "info"), "data": r.get("data"), "ts": r["ts"]})
             elif r["kind"] == "metrics":
                 events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})

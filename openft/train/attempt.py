@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,16 +142,11 @@ class JobCallback(TrainerCallback):
         self.trainer = None  # set by the recipe once the trainer exists
         self.stop: str | None = None  # "pause" or "cancel" once the control file asked for it
         self.last_metrics: dict = {}
-        self._step_times: deque[float] = deque(maxlen=10)
-        self._last_mark: float | None = None
+        self._clock = reporting.StepClock()
         self.wandb = wandb_report.open_report(job_dir)  # None unless the job asked for W&B
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.startup_seconds, self.began, self.first_step = reporting.process_age(), time.monotonic(), state.global_step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self._last_mark is None:
-            self._last_mark = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
         step, total = state.global_step, state.max_steps
@@ -161,9 +155,10 @@ class JobCallback(TrainerCallback):
         if self.wandb:
             self.wandb.log(self.last_metrics)
         now = time.monotonic()
-        self._step_times.append(now - self._last_mark)
-        self._last_mark = now
-        reporting.progress(self.job_dir, step, total, sum(self._step_times) / len(self._step_times))
+        pace = self._clock.tick(step, now)
+        if pace is None:  # only the first step so far: its own time, warm-up and all
+            pace = now - self.began
+        reporting.progress(self.job_dir, step, total, pace)
 
         command = jobdir.read_control(self.job_dir)
         if command == "cancel":

@@ -38,6 +38,24 @@ def metrics(job_dir: Path, data: dict) -> None:
     jobdir.append_record(job_dir, {"kind": "metrics", "message": text, "data": data})
 
 
+class StepClock:
+    """The attempt's pace, for ``estimated_finish``: seconds per step over every step since the attempt's first
+    (that one carries warm-up: lazy initialisation, first allocations), so the time of per-step validation and of
+    epoch-end work (full validation, checkpoint) counts in proportion once it has happened (until the first epoch
+    end, that work is not yet in the figure)."""
+
+    def __init__(self):
+        self.first_end: float | None = None
+        self.first_step = 0
+
+    def tick(self, step: int, now: float) -> float | None:
+        """Record the end of ``step``; returns the seconds per step to expect, or None after the first step."""
+        if self.first_end is None:
+            self.first_end, self.first_step = now, step
+            return None
+        return (now - self.first_end) / (step - self.first_step)
+
+
 def progress(job_dir: Path, step: int, total_steps: int, seconds_per_step: float) -> None:
     record = {"kind": "progress", "step": step, "total_steps": total_steps, "seconds_per_step": seconds_per_step}
     jobdir.append_record(job_dir, record)
@@ -110,7 +128,7 @@ def throughput(job_dir: Path, tokens: int, steps: int, loop_seconds: float, star
     data = {"method": method, "tokens": tokens, "steps": steps, "loop_seconds": round(loop_seconds, 3), "tokens_per_second": rate,
             "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3), "peak_memory_bytes": peak}
     text = f"Measured throughput: {tokens} tokens in {loop_seconds:.1f} s" + (f" ({rate:.0f} tokens/s)" if rate else "")
-    message(job_dir, text, data={"throughput": data})
+    jobdir.append_record(job_dir, {"kind": "throughput", "message": text, "data": {"throughput": data}})
 
 
 def process_age() -> float | None:
