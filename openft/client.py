@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3, "paused": 4}
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -51,7 +52,6 @@ def add_commands(sub) -> None:
     events.add_argument("job_id")
     events.add_argument("--follow", action="store_true", help="keep printing new events until the job stops")
     leaf(jobs, "watch", "follow a job with a progress bar; exit code: its verdict").add_argument("job_id")
-    return sub
 
 
 def add_model_commands(models) -> None:
@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     from openft.cli_views import Views
 
     base_url = args.base_url or os.environ.get("OPENFT_BASE_URL") or DEFAULT_BASE_URL
+    if urlparse(base_url).path in ("", "/"):  # a bare server address: its OpenAI-style root
+        base_url = base_url.rstrip("/") + "/v1"
     client = openai.OpenAI(base_url=base_url, api_key=args.api_key or os.environ.get("OPENFT_API_KEY") or "unused",
                            max_retries=2)
     views = Views(args.json)

@@ -61,7 +61,10 @@ def plan(store: Store, blobs: Blobs, settings: Settings, scope: Scope, req: p.Cr
 
 
 def _validated(store: Store, blobs: Blobs, file_id: str, param: str, settings: Settings, kind: str) -> bytes:
-    data = blobs.get(store.file_blob_key(file_id))
+    try:
+        data = blobs.get(store.file_blob_key(file_id))
+    except FileNotFoundError:
+        raise InvalidRequest(f"File {file_id} no longer exists.", param=param, code=f"invalid_{param}") from None
     minimum = settings.min_examples if param == "training_file" else 1
     report = validation.validate_training_file(data, param=param, min_examples=minimum, method=kind)
     if report.error:

@@ -117,18 +117,26 @@ class Dispatcher:
                 self._stop.wait(self.settings.webhook_interval)
 
     def tick(self, http: httpx.Client) -> None:
-        lease = self.settings.webhook_timeout_seconds + 30
-        for delivery, endpoint in self.store.claim_webhook_deliveries(time.time(), lease):
-            error = self._send(http, delivery, endpoint)
-            attempts = delivery.attempts + 1
-            if error is None:
-                self.store.record_webhook_attempt(delivery.id, "delivered", 0.0, None)
-            elif attempts >= self.settings.webhook_max_attempts:
-                log.warning("webhook %s to %s failed for good: %s", delivery.id, endpoint.url, error)
-                self.store.record_webhook_attempt(delivery.id, "failed", 0.0, error)
-            else:
-                delay = min(self.settings.webhook_retry_seconds * 2 ** (attempts - 1), 3600.0)
-                self.store.record_webhook_attempt(delivery.id, "pending", time.time() + delay, error)
+        # One claim per send: a send takes at most the timeout, so the lease outlasts it; a process that dies
+        # mid-send leaves the delivery claimed, and it is sent again once the lease is over.
+        lease = 2 * self.settings.webhook_timeout_seconds + 1
+        for _ in range(20):
+            claimed = self.store.claim_webhook_deliveries(time.time(), lease, limit=1)
+            if not claimed:
+                return
+            self._deliver(http, *claimed[0])
+
+    def _deliver(self, http: httpx.Client, delivery: t.WebhookDelivery, endpoint: t.WebhookEndpoint) -> None:
+        error = self._send(http, delivery, endpoint)
+        attempts = delivery.attempts + 1
+        if error is None:
+            self.store.record_webhook_attempt(delivery.id, "delivered", 0.0, None)
+        elif attempts >= self.settings.webhook_max_attempts:
+            log.warning("webhook %s to %s failed for good: %s", delivery.id, endpoint.url, error)
+            self.store.record_webhook_attempt(delivery.id, "failed", 0.0, error)
+        else:
+            delay = min(self.settings.webhook_retry_seconds * 2 ** (attempts - 1), 3600.0)
+            self.store.record_webhook_attempt(delivery.id, "pending", time.time() + delay, error)
 
     def _send(self, http: httpx.Client, delivery: t.WebhookDelivery, endpoint: t.WebhookEndpoint) -> str | None:
         """POST one delivery; None when the receiver took it (any 2xx), else what went wrong."""

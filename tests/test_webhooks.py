@@ -53,7 +53,7 @@ class Receiver:
 
 def test_webhooks_are_signed_retried_and_survive_a_restart(make_server):
     receiver, paused_receiver, other = Receiver(), Receiver(), Receiver()
-    server = make_server(webhook_retry_seconds=0.3, webhook_interval=0.1)
+    server = make_server(webhook_retry_seconds=0.3, webhook_interval=0.1, webhook_timeout_seconds=2)
     rival_key = server.cli("keys", "create", "--org", "rival")
     key = server.cli("keys", "create", "--org", "acme")
     added = json.loads(server.cli("webhooks", "add", "--org", "rival", other.url))
