@@ -12,20 +12,21 @@ import pytest
 from tests.helpers import chat_rows, jsonl, upload, wait_for
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # test time: its SQL is one plain query
 def test_a_dry_run_returns_the_plan_and_creates_nothing(server):
     client = server.client()
     train, valid = upload(client, chat_rows(25)), upload(client, chat_rows(5, offset=50), "valid.jsonl")
     plan = client.fine_tuning.jobs.with_raw_response.create(
         model="tiny", training_file=train, validation_file=valid, extra_body={"dry_run": True},
-        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}},
     ).http_response.json()
     assert plan["object"] == "fine_tuning.job.dry_run" and plan["model"] == "tiny"
     hp = plan["method"]["supervised"]["hyperparameters"]
-    assert hp == {"batch_size": 4, "learning_rate_multiplier": 2.0, "n_epochs": 4}  # 25 examples: 100 // 25 epochs
+    assert hp == {"batch_size": 8, "learning_rate_multiplier": 2.0, "n_epochs": 4}  # 25 examples: 100 // 25 epochs
     assert plan["hyperparameters"] == hp
     assert plan["training_file"]["id"] == train and plan["training_file"]["n_examples"] == 25
     assert plan["validation_file"]["n_examples"] == 5 and plan["validation_file"]["n_truncated"] == 0
-    assert plan["total_steps"] == math.ceil(25 / 4) * 4
+    assert plan["total_steps"] == math.ceil(25 / 8) * 4
     assert plan["trained_tokens"] == plan["training_file"]["n_tokens"] * 4 > 0
     assert plan["estimated_seconds"] > 0 and plan["estimated_peak_memory_bytes"] > 0
     assert plan["calibration"]["source"] == "default"
@@ -35,7 +36,7 @@ def test_a_dry_run_returns_the_plan_and_creates_nothing(server):
 
     # The real job trains exactly the tokens the plan counted, and calibrates the next plan.
     job = client.fine_tuning.jobs.create(model="tiny", training_file=train, validation_file=valid,
-                                         method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 4}}})
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}})
     done = wait_for(client, job.id, "succeeded")
     assert done.trained_tokens == plan["trained_tokens"]
     again = client.post("/fine_tuning/jobs", cast_to=object,
@@ -43,7 +44,7 @@ def test_a_dry_run_returns_the_plan_and_creates_nothing(server):
     assert again["calibration"]["source"] == "measured" and again["calibration"]["jobs"] == 1
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no SQL of its own beyond the above
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_dry_run_of_a_bad_file_fails_with_the_jobs_error(server):
     client = server.client()
     good = upload(client, chat_rows(12))

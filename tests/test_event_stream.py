@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.helpers import all_events, chat_rows, upload
 
@@ -38,14 +39,15 @@ def read_stream(url: str, headers: dict, stop_after: int | None = None, until=No
     return events, end
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # test time; its queries are plain ones
 def test_a_stream_delivers_every_event_once_in_order_across_a_pause_and_reconnects(make_server):
     server = make_server()
     key, other = server.cli("keys", "create", "--org", "acme"), server.cli("keys", "create", "--org", "rival")
     server.start()
     client = server.client(api_key=key)
     job = client.fine_tuning.jobs.create(
-        model="tiny", training_file=upload(client, chat_rows(30)), seed=3,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 1}}},
+        model="tiny", training_file=upload(client, chat_rows(20)), seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
     )
     url = f"{server.url}/v1/fine_tuning/jobs/{job.id}/events"
     auth = {"Authorization": f"Bearer {key}"}
