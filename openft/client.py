@@ -86,7 +86,8 @@ def _add_create(create: argparse.ArgumentParser) -> None:
     create.add_argument("--seed", type=int)
     create.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--wandb-project", help="report to this W&B project (the server holds the W&B key)")
-    create.add_argument("--dry-run", action="store_true", help="print the plan (tokens, steps, time) and create nothing")
+    create.add_argument("--dry-run", action="store_true",
+                        help="print the plan (tokens, steps, time) and create nothing")
     create.add_argument("--watch", action="store_true", help="then follow it as `jobs watch` does")
 
 

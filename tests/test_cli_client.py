@@ -77,7 +77,8 @@ def test_the_cli_drives_a_job_from_upload_to_succeeded_with_a_live_progress_bar(
     followed = openft(server, "jobs", "events", job["id"], "--follow", "--json").stdout.splitlines()
     assert [json.loads(line)["id"] for line in followed[:-1]] == [e["id"] for e in events]
     assert json.loads(followed[-1])["status"] == "succeeded"
-    assert openft_json(server, "jobs", "checkpoints", job["id"])[0]["fine_tuned_model_checkpoint"] == done["fine_tuned_model"]
+    final = openft_json(server, "jobs", "checkpoints", job["id"])[0]
+    assert final["fine_tuned_model_checkpoint"] == done["fine_tuned_model"]
     assert done["fine_tuned_model"] in [m["id"] for m in openft_json(server, "models", "list")]
 
     answer = openft(server, "chat", done["fine_tuned_model"], "What is item number 3?", "--max-tokens", "8").stdout

@@ -35,8 +35,8 @@ def test_a_dry_run_returns_the_plan_and_creates_nothing(server):
     assert "libtorch" not in maps  # counting tokens ran in a child process
 
     # The real job trains exactly the tokens the plan counted, and calibrates the next plan.
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=train, validation_file=valid,
-                                         method={"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}})
+    method = {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": 8}}}
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=train, validation_file=valid, method=method)
     done = wait_for(client, job.id, "succeeded")
     assert done.trained_tokens == plan["trained_tokens"]
     again = client.post("/fine_tuning/jobs", cast_to=object,

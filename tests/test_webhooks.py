@@ -87,7 +87,8 @@ def test_webhooks_are_signed_retried_and_survive_a_restart(make_server):
     parked = client.fine_tuning.jobs.create(model="tiny", training_file=train)
     client.fine_tuning.jobs.pause(parked.id)
     client.fine_tuning.jobs.cancel(parked.id)
-    done = client.fine_tuning.jobs.create(model="tiny", training_file=train, hyperparameters={"n_epochs": 1, "batch_size": 4})
+    done = client.fine_tuning.jobs.create(model="tiny", training_file=train,
+                                          hyperparameters={"n_epochs": 1, "batch_size": 4})
     wait_for(client, done.id, "succeeded")
     got = receiver.wait(secret, 3)
     assert sorted((e.type, e.data.id) for e in got.values()) == sorted([

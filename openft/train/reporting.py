@@ -125,8 +125,9 @@ def throughput(job_dir: Path, tokens: int, steps: int, loop_seconds: float, star
         peak = torch.cuda.max_memory_allocated()
     rate = tokens / loop_seconds if loop_seconds > 0 else None
     method = (jobdir.read_json(job_dir / jobdir.SPEC) or {}).get("method")
-    data = {"method": method, "tokens": tokens, "steps": steps, "loop_seconds": round(loop_seconds, 3), "tokens_per_second": rate,
-            "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3), "peak_memory_bytes": peak}
+    data = {"method": method, "tokens": tokens, "steps": steps, "loop_seconds": round(loop_seconds, 3),
+            "tokens_per_second": rate, "peak_memory_bytes": peak,
+            "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3)}
     text = f"Measured throughput: {tokens} tokens in {loop_seconds:.1f} s" + (f" ({rate:.0f} tokens/s)" if rate else "")
     jobdir.append_record(job_dir, {"kind": "throughput", "message": text, "data": {"throughput": data}})
 
