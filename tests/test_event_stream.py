@@ -47,7 +47,7 @@ def test_a_stream_delivers_every_event_once_in_order_across_a_pause_and_reconnec
     client = server.client(api_key=key)
     job = client.fine_tuning.jobs.create(
         model="tiny", training_file=upload(client, chat_rows(20)), seed=3,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 1}}},
     )
     url = f"{server.url}/v1/fine_tuning/jobs/{job.id}/events"
     auth = {"Authorization": f"Bearer {key}"}

@@ -49,7 +49,7 @@ def test_a_paused_and_resumed_job_is_one_wandb_run_with_every_step_once(make_ser
     job = client.fine_tuning.jobs.create(
         model="tiny", training_file=upload(client, chat_rows(12)), seed=5,
         integrations=[{"type": "wandb", "wandb": wandb}],
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 1}}},
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 1}}},
     )
     wait_for_step(client, job.id, 2)
     client.fine_tuning.jobs.pause(job.id)
@@ -70,8 +70,8 @@ def test_a_paused_and_resumed_job_is_one_wandb_run_with_every_step_once(make_ser
         assert run.run_id == run_id and run.project == "openft-ci" and run.display_name == "pause-resume"
         assert list(run.tags) == ["ci"]
         config = {i.key: i.value_json for i in run.config.update}
-        assert config["job_id"] == f'"{job.id}"' and config["n_epochs"] == "1" and config["batch_size"] == "1"
-    assert sorted(steps) == list(range(1, 13))
+        assert config["job_id"] == f'"{job.id}"' and config["n_epochs"] == "3" and config["batch_size"] == "1"
+    assert sorted(steps) == list(range(1, 37))
     losses = step_losses(client, job.id)
     assert {s: float(v["train_loss"]) for s, v in steps.items()} == losses
 
