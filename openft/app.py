@@ -12,8 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from openft import dashboard
+from openft import dashboard, webhooks
 from openft.api import chat, checkpoints, files, graders, jobs, models, uploads
+from openft.api import webhooks as webhook_routes
 from openft.api.guard import Guard
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.scheduler = scheduler
         app.state.grader_slots = GraderSlots(settings.grader_concurrency, settings.grader_concurrency_per_org,
                                              settings.grader_queue_per_org)
+        dispatcher = webhooks.Dispatcher(svc.store, settings)
+        if settings.enable_webhooks:
+            dispatcher.start()
         # The inference worker (torch) starts at the first chat completion, never in this process.
         app.state.inference = InferenceClient(
             max_adapter_bytes=settings.inference_max_adapter_bytes, max_bases=settings.inference_max_bases,
@@ -60,11 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.inference.close()
         scheduler.stop()
+        dispatcher.stop()
         svc.store.engine.dispose()
 
     app = FastAPI(title="openft", version="0.1.0", lifespan=lifespan)
     api = APIRouter()
-    for module in (files, uploads, jobs, checkpoints, models, chat, graders):
+    for module in (files, uploads, jobs, checkpoints, models, chat, graders, webhook_routes):
         api.include_router(module.router)
     for prefix in PREFIXES:
         app.include_router(api, prefix=prefix)

@@ -1,4 +1,5 @@
-"""The `openft` command: serve, keys create, models prepare / list, export."""
+"""The `openft` command. On the server: serve, keys create, models prepare, export. As a client of any server
+(``openft.client``): files, jobs, models list / delete, chat."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from openft import client
 from openft.config import Settings
 
 DEMO_MODEL = "SmolLM2-135M-Instruct"
@@ -24,28 +26,39 @@ def main(argv: list[str] | None = None) -> int:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create an API key for an organization and print it once")
     create.add_argument("--org", required=True, help="organization id, e.g. acme (letters, digits, _ and -)")
-    models = sub.add_parser("models", help="the base-model catalog").add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="models: prepare the catalog (server), list and delete (client)")
+    models = models.add_subparsers(dest="models_command", required=True)
     prepare = models.add_parser("prepare", help=f"convert the bundled {DEMO_MODEL} GGUF once and add it to the catalog")
     prepare.add_argument("--force", action="store_true", help="convert again even when a cached copy exists")
-    models.add_parser("list", help="print the catalog")
+    client.add_model_commands(models)
     export = sub.add_parser("export", help="write a fine-tuned model as a LoRA adapter or a merged HF folder")
     export.add_argument("model", help="a fine-tuned model or checkpoint name (ft:…)")
     export.add_argument("--org", default="org_local", help="the organization that owns the model (default org_local)")
     export.add_argument("--format", choices=["adapter", "merged"], default="merged")
     export.add_argument("--out", required=True, type=Path, help="the folder to create")
+    hooks = sub.add_parser("webhooks", help="webhook endpoints of an organization (on the server)")
+    hooks = hooks.add_subparsers(dest="webhooks_command", required=True)
+    add = hooks.add_parser("add", help="send this organization's job webhooks to URL; prints the signing secret once")
+    add.add_argument("--org", required=True, help="the organization (org_local when the server runs without keys)")
+    add.add_argument("--event-type", action="append", dest="event_types", help="only these (repeatable)")
+    add.add_argument("url")
+    hooks.add_parser("list", help="every endpoint and its delivery counts").add_argument("--org")
+    client.add_commands(sub)
+    client.add_chat_command(sub)
+    client.add_connection_options(parser)
     args = parser.parse_args(argv)
+    if args.command in client.COMMANDS and getattr(args, "models_command", None) != "prepare":
+        return client.run(args)
     settings = Settings()
     if args.command == "serve":
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "keys":
         return _create_key(settings, args.org)
+    if args.command == "webhooks":
+        return _webhooks(settings, args)
     if args.command == "export":
         return _export(settings, args.model, args.org, args.format, args.out)
-    if args.models_command == "prepare":
-        return _prepare_demo_model(settings, args.force)
-    for name, path in settings.catalog().items():
-        print(f"{name}\t{path}")
-    return 0
+    return _prepare_demo_model(settings, args.force)
 
 
 def _serve(settings: Settings, host: str, port: int) -> int:
@@ -83,6 +96,27 @@ def _create_key(settings: Settings, org: str) -> int:
     key = f"sk-openft-{secrets.token_urlsafe(32)}"
     svc.store.add_key(org, key)
     print(key)
+    return 0
+
+
+def _webhooks(settings: Settings, args) -> int:
+    from openft import webhooks
+    from openft.app import build_services
+    from openft.errors import APIError
+
+    svc = build_services(settings)
+    if args.webhooks_command == "add":
+        try:
+            endpoint = webhooks.create_endpoint(svc.store, args.org, args.url, event_types=args.event_types)
+        except APIError as err:
+            print(err.message, file=sys.stderr)
+            return 2
+        print(json.dumps(webhooks.to_wire(endpoint, with_secret=True), indent=2))
+        return 0
+    for endpoint in svc.store.list_webhook_endpoints(args.org):
+        states = [d.status for d in svc.store.webhook_deliveries(endpoint.id)]
+        counts = ", ".join(f"{states.count(s)} {s}" for s in ("pending", "delivered", "failed"))
+        print(f"{endpoint.id}\t{endpoint.organization_id}\t{endpoint.url}\t{counts}")
     return 0
 
 

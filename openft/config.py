@@ -30,6 +30,23 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
     scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
+    events_poll_interval: float = Field(
+        0.5, gt=0, description="Seconds between the database reads of a live event stream (`?stream=true`)."
+    )
+    enable_webhooks: bool = Field(True, description="Deliver queued webhooks from this process.")
+    webhook_interval: float = Field(1.0, gt=0, description="Seconds between looks at the webhook delivery queue.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long a webhook receiver may take to answer.")
+    webhook_retry_seconds: float = Field(
+        5.0, gt=0, description="Delay before the first retry of a failed webhook; it doubles with each further "
+        "failure (at most an hour)."
+    )
+    webhook_max_attempts: int = Field(12, ge=1, description="Attempts per webhook before it is given up.")
+    wandb_api_key: str | None = Field(
+        None, description="W&B API key for jobs that ask for the wandb integration (requests never carry one)."
+    )
+    wandb_mode: str | None = Field(None, description="W&B mode for those jobs: online (W&B's default), offline or "
+                                   "disabled.")
+    wandb_base_url: str | None = Field(None, description="W&B server URL (a self-hosted W&B); default W&B's cloud.")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="How long a cancelled attempt may take to stop before it is killed.")
     base_learning_rate: float = Field(
         5e-4, gt=0, description="Learning rate that learning_rate_multiplier scales (LoRA); auto multiplier is 2.0."

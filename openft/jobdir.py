@@ -25,7 +25,8 @@ steps between validations), ``eval_samples`` (int, completions per validation pr
 of an ``ft:`` model the job trains on; empty for a catalog model). For "reinforcement" also: ``grader`` (a grader
 object as validated by ``openft.graders.validate_grader``) and ``grader_endpoint`` (``{"base_url": str,
 "api_key": str | null}``, the OpenAI-compatible endpoint score_model and label_model graders ask; may be absent,
-then the graders' default).
+then the graders' default). ``wandb``: null, or where a job with the wandb integration reports
+(``openft.integrations``).
 
 Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time in float seconds):
 
@@ -48,6 +49,9 @@ Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time i
   numeric metrics (nested ones such as ``scores`` stay in the metrics record). "eval" checkpoints are those of
   "reinforcement" jobs, at each validation step but the last, in place of epoch ends
 * ``{"kind": "progress", "step": int, "total_steps": int, "seconds_per_step": float}`` – for ``estimated_finish``
+* ``{"kind": "throughput", "message": str, "data": {"throughput": {"method", "tokens", "steps", "loop_seconds",
+  "tokens_per_second", "startup_seconds", "peak_memory_bytes"}}}`` – a successful attempt's measured speed, recorded
+  as a job event; it calibrates dry-run estimates (``openft.dryrun``)
 
 ``result.json``: ``{"status": "succeeded", "trained_tokens": int, "checkpoint": "checkpoints/final",
 "results_csv": "results.csv"}``, ``{"status": "paused", "checkpoint": "checkpoints/checkpoint-N"}``,

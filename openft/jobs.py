@@ -19,6 +19,7 @@ from openft.config import Settings
 from openft.errors import Conflict, InvalidRequest, NotFound
 from openft.graders.validate import validate_grader
 from openft.ids import new_id, now
+from openft.spec import Lineage
 from openft.store import Scope, Store
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -73,8 +74,10 @@ def next_status(job: t.Job, action: str) -> str:
 # ---- create ----------------------------------------------------------------------------------------------------
 
 
-def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
-    try:  # a catalog model, one of this org's ft: models or one shared with it; its weights are frozen here
+def check_request(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> tuple[dict, Lineage]:
+    """Everything about a job request that can be checked before its files are read: its method, and the weights
+    it starts from (a catalog model, one of this org's ft: models or one shared with it), frozen here."""
+    try:
         start = models.lineage(models.resolve(store, settings, scope.org, req.model))
     except NotFound:
         raise InvalidRequest(
@@ -87,7 +90,11 @@ def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobReque
         _check_file(store, scope, req.validation_file, "validation_file")
     _check_suffix(req.suffix)
     _check_metadata(req.metadata)
-    method = _normalize_method(req)
+    return _normalize_method(req), start
+
+
+def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobRequest) -> t.Job:
+    method, start = check_request(store, settings, scope, req)
     seed = req.seed if req.seed is not None else random.randint(0, 2147483647)
     job = t.Job(
         id=new_id("ftjob"),

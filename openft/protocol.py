@@ -106,6 +106,7 @@ class CreateJobRequest(Strict):
     method: Method | None = None
     integrations: list[Integration] | None = Field(None, max_length=5)
     metadata: dict[str, str] | None = None
+    dry_run: bool = False  # an extension: answer with a DryRun plan and create nothing
 
 
 # ---- responses -----------------------------------------------------------------------------------------------
@@ -298,3 +299,32 @@ class Mka1Model(BaseModel):
 class Mka1ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[Mka1Model]
+
+
+class FileSummary(BaseModel):
+    id: str
+    n_examples: int
+    n_tokens: int
+    n_truncated: int
+
+
+class DryRun(BaseModel):
+    """What a job would do, without creating it (an extension: ``"dry_run": true`` on job creation)."""
+
+    object: Literal["fine_tuning.job.dry_run"] = "fine_tuning.job.dry_run"
+    model: str
+    method: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    training_file: FileSummary
+    validation_file: FileSummary | None
+    total_steps: int
+    trained_tokens: int
+    estimated_seconds: int
+    estimated_peak_memory_bytes: int
+    calibration: dict[str, Any]
+
+
+class CreateWebhookEndpointRequest(Strict):
+    url: str = Field(min_length=1, max_length=2048)
+    name: str | None = Field(None, max_length=256)
+    event_types: list[str] | None = None

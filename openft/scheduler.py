@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import files, jobdir, jobs, models, uploads, validation
+from openft import files, integrations, jobdir, jobs, models, uploads, validation
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
@@ -167,7 +167,8 @@ class Scheduler:
         if frozen.method == "reinforcement":  # where graders sample is the service's, not the job's, concern
             endpoint = grader_endpoint(self.settings, job.organization_id, job.id)
         attempt_spec = AttemptSpec(training_file=paths["training_file"], validation_file=paths.get("validation_file"),
-                                   resume_from=job.resume_from, attempt=attempt, grader_endpoint=endpoint)
+                                   resume_from=job.resume_from, attempt=attempt, grader_endpoint=endpoint,
+                                   wandb=integrations.wandb_spec(job, self.settings))
         spec = attempt_json(frozen, attempt_spec)
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
@@ -277,7 +278,7 @@ class Scheduler:
             return
         events, checkpoints, fields = [], [], {}
         for r in records:
-            if r["kind"] == "message":
+            if r["kind"] in ("message", "throughput"):
                 events.append({"message": r["message"], "level": r.get("level", "info"), "data": r.get("data"), "ts": r["ts"]})
             elif r["kind"] == "metrics":
                 events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})

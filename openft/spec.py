@@ -68,6 +68,7 @@ class AttemptSpec:
     resume_from: str | None
     attempt: int
     grader_endpoint: dict | None = None
+    wandb: dict | None = None  # where the attempt reports to W&B (server credentials included); None: it does not
 
 
 def attempt_json(spec: TrainingSpec, attempt: AttemptSpec) -> dict:
@@ -94,5 +95,5 @@ def read_attempt(data: dict) -> tuple[TrainingSpec, AttemptSpec]:
                         max_length=data["max_length"], grader=data.get("grader"))
     attempt = AttemptSpec(training_file=data["training_file"], validation_file=data.get("validation_file"),
                           resume_from=data.get("resume_from"), attempt=data.get("attempt") or 1,
-                          grader_endpoint=data.get("grader_endpoint"))
+                          grader_endpoint=data.get("grader_endpoint"), wandb=data.get("wandb"))
     return spec, attempt

@@ -201,6 +201,8 @@ class Store:
                 return False
             for ev in events:
                 s.add(_event_row(job_id, ev))
+            if to != frm and to in WEBHOOK_STATUSES:
+                _enqueue_webhooks(s, job_id, f"fine_tuning.job.{to}")
             return True
 
     def ingest(self, job_id: str, status: str, offset: int, events: list[dict], checkpoints: list[t.Checkpoint],
@@ -215,6 +217,56 @@ class Store:
             s.add_all([_event_row(job_id, ev) for ev in events] + list(checkpoints))
             return True
 
+    # ---- webhooks ----
+    def list_webhook_endpoints(self, org: str | None = None) -> list[t.WebhookEndpoint]:
+        with self.session() as s:
+            stmt = select(t.WebhookEndpoint).order_by(t.WebhookEndpoint.seq)
+            return list(s.scalars(stmt if org is None else stmt.where(t.WebhookEndpoint.organization_id == org)))
+
+    def get_webhook_endpoint(self, org: str, endpoint_id: str) -> t.WebhookEndpoint | None:
+        with self.session() as s:
+            return s.scalar(select(t.WebhookEndpoint).where(t.WebhookEndpoint.id == endpoint_id,
+                                                            t.WebhookEndpoint.organization_id == org))
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        """The endpoint and what is still queued for it."""
+        with self.session.begin() as s:
+            s.execute(delete(t.WebhookDelivery).where(t.WebhookDelivery.endpoint_id == endpoint_id,
+                                                      t.WebhookDelivery.status == "pending"))
+            s.execute(delete(t.WebhookEndpoint).where(t.WebhookEndpoint.id == endpoint_id))
+
+    def claim_webhook_deliveries(self, at: float, lease: float, limit: int = 20) -> list[tuple]:
+        """Pending deliveries that are due, each with its endpoint, claimed until ``at + lease`` by compare-and-set
+        on ``next_attempt_at`` (another replica's dispatcher cannot claim the same one meanwhile)."""
+        claimed = []
+        with self.session() as s:
+            due = list(s.execute(
+                select(t.WebhookDelivery, t.WebhookEndpoint)
+                .join(t.WebhookEndpoint, t.WebhookEndpoint.id == t.WebhookDelivery.endpoint_id)
+                .where(t.WebhookDelivery.status == "pending", t.WebhookDelivery.next_attempt_at <= at)
+                .order_by(t.WebhookDelivery.next_attempt_at, t.WebhookDelivery.seq).limit(limit)
+            ))
+        for delivery, endpoint in due:
+            with self.session.begin() as s:
+                won = s.execute(update(t.WebhookDelivery).where(
+                    t.WebhookDelivery.id == delivery.id, t.WebhookDelivery.status == "pending",
+                    t.WebhookDelivery.next_attempt_at == delivery.next_attempt_at,
+                ).values(next_attempt_at=at + lease)).rowcount == 1
+            if won:
+                claimed.append((delivery, endpoint))
+        return claimed
+
+    def record_webhook_attempt(self, delivery_id: str, status: str, next_attempt_at: float, error: str | None) -> None:
+        with self.session.begin() as s:
+            s.execute(update(t.WebhookDelivery).where(t.WebhookDelivery.id == delivery_id).values(
+                status=status, attempts=t.WebhookDelivery.attempts + 1, next_attempt_at=next_attempt_at,
+                last_error=error, delivered_at=now() if status == "delivered" else None))
+
+    def webhook_deliveries(self, endpoint_id: str) -> list[t.WebhookDelivery]:
+        with self.session() as s:
+            stmt = select(t.WebhookDelivery).where(t.WebhookDelivery.endpoint_id == endpoint_id)
+            return list(s.scalars(stmt.order_by(t.WebhookDelivery.seq)))
+
     # ---- events and checkpoints ----
     def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
         with self.session.begin() as s:
@@ -223,6 +275,32 @@ class Store:
     def list_events(self, job_id: str, after, limit):
         with self.session() as s:
             return _page(s, select(t.Event).where(t.Event.job_id == job_id), t.Event, after, limit)
+
+    def event_seq(self, job_id: str, event_id: str) -> int:
+        """The position of one of the job's events (0, the start, for an id it does not have)."""
+        with self.session() as s:
+            return s.scalar(select(t.Event.seq).where(t.Event.job_id == job_id, t.Event.id == event_id)) or 0
+
+    def events_after(self, job_id: str, seq: int, limit: int = 1000) -> list[t.Event]:
+        """The job's events after position ``seq``, oldest first."""
+        with self.session() as s:
+            stmt = select(t.Event).where(t.Event.job_id == job_id, t.Event.seq > seq).order_by(t.Event.seq)
+            return list(s.scalars(stmt.limit(limit)))
+
+    def job_status(self, job_id: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(t.Job.status).where(t.Job.id == job_id))
+
+    def throughput_samples(self, base: str, limit: int = 5) -> list[dict]:
+        """The newest measured-throughput records of jobs trained on ``base`` (or on a fine-tune of it)."""
+        with self.session() as s:
+            stmt = (
+                select(t.Event.data).join(t.Job, t.Job.id == t.Event.job_id)
+                .where((t.Job.model == base) | t.Job.model.startswith(f"ft:{base}:", autoescape=True))
+                .where(t.Event.message.startswith("Measured throughput:"))
+                .order_by(t.Event.seq.desc()).limit(limit)
+            )
+            return [row["throughput"] for row in s.scalars(stmt) if row and "throughput" in row]
 
     def list_checkpoints(self, job_id: str, after, limit):
         with self.session() as s:
@@ -304,6 +382,19 @@ class Store:
             stmt = select(t.Checkpoint).where(t.Checkpoint.model_name.in_(names),
                                               t.Checkpoint.organization_id.in_(owners)).order_by(t.Checkpoint.seq)
             return list(s.scalars(stmt))
+
+
+# A job reaching one of these statuses sends the webhook fine_tuning.job.<status> to its organization's endpoints.
+WEBHOOK_STATUSES = {"succeeded", "failed", "cancelled", "paused"}
+
+
+def _enqueue_webhooks(s: Session, job_id: str, type_: str) -> None:
+    """Queue the webhook in the transaction of the status change: both are recorded, or neither."""
+    org = s.scalar(select(t.Job.organization_id).where(t.Job.id == job_id))
+    for endpoint in s.scalars(select(t.WebhookEndpoint).where(t.WebhookEndpoint.organization_id == org)):
+        if type_ in endpoint.event_types:
+            s.add(t.WebhookDelivery(id=new_id("evt"), endpoint_id=endpoint.id, type=type_, job_id=job_id,
+                                    created_at=now(), status="pending", attempts=0, next_attempt_at=0.0))
 
 
 def _event_row(job_id: str, ev: dict) -> t.Event:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
 
-from openft import jobs
+from openft import dryrun, jobs
 from openft import protocol as p
+from openft.api import sse
 from openft.api.deps import scope, services
 from openft.services import Services
 from openft.store import Scope
@@ -13,8 +15,10 @@ from openft.store import Scope
 router = APIRouter(prefix="/fine_tuning/jobs", tags=["fine-tuning"])
 
 
-@router.post("", response_model=p.FineTuningJob)
+@router.post("", response_model=p.FineTuningJob | p.DryRun)
 def create_job(req: p.CreateJobRequest, who: Scope = Depends(scope), svc: Services = Depends(services)):
+    if req.dry_run:  # the plan only: nothing is created
+        return dryrun.plan(svc.store, svc.blobs, svc.settings, who, req)
     return jobs.to_wire(jobs.create(svc.store, svc.settings, who, req))
 
 
@@ -55,13 +59,21 @@ def resume_job(job_id: str, who: Scope = Depends(scope), svc: Services = Depends
 
 @router.get("/{job_id}/events", response_model=p.Page[p.JobEvent])
 def list_events(
+    request: Request,
     job_id: str,
     after: str | None = None,
     limit: int = Query(20, ge=1, le=10000),
+    stream: bool = False,
     who: Scope = Depends(scope),
     svc: Services = Depends(services),
 ):
     jobs.get(svc.store, who, job_id)
+    if stream or "text/event-stream" in request.headers.get("accept", ""):
+        # Live events, oldest first, strictly after `after` or the Last-Event-ID a reconnecting client sends.
+        cursor = after or request.headers.get("last-event-id")
+        events = sse.job_events(svc.store, job_id, cursor, svc.settings.events_poll_interval)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     rows, more = svc.store.list_events(job_id, after, limit)
     return p.Page[p.JobEvent](data=[jobs.event_to_wire(e) for e in rows], has_more=more)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from transformers import TrainerCallback
 
 from openft import jobdir
-from openft.train import JobError, reporting
+from openft.train import JobError, reporting, wandb_report
 
 FINAL_CHECKPOINT = f"{jobdir.CHECKPOINTS}/final"
 
@@ -143,21 +142,23 @@ class JobCallback(TrainerCallback):
         self.trainer = None  # set by the recipe once the trainer exists
         self.stop: str | None = None  # "pause" or "cancel" once the control file asked for it
         self.last_metrics: dict = {}
-        self._step_times: deque[float] = deque(maxlen=10)
-        self._last_mark: float | None = None
+        self._clock = reporting.StepClock()
+        self.wandb = wandb_report.open_report(job_dir)  # None unless the job asked for W&B
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self._last_mark is None:
-            self._last_mark = time.monotonic()
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.startup_seconds, self.began, self.first_step = reporting.process_age(), time.monotonic(), state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         step, total = state.global_step, state.max_steps
         self.last_metrics = {"step": step, "total_steps": total, **self.measure(self.trainer, step)}
         reporting.metrics(self.job_dir, self.last_metrics)
+        if self.wandb:
+            self.wandb.log(self.last_metrics)
         now = time.monotonic()
-        self._step_times.append(now - self._last_mark)
-        self._last_mark = now
-        reporting.progress(self.job_dir, step, total, sum(self._step_times) / len(self._step_times))
+        pace = self._clock.tick(step, now)
+        if pace is None:  # only the first step so far: its own time, warm-up and all
+            pace = now - self.began
+        reporting.progress(self.job_dir, step, total, pace)
 
         command = jobdir.read_control(self.job_dir)
         if command == "cancel":
@@ -187,6 +188,8 @@ class JobCallback(TrainerCallback):
 def finish(job_dir: Path, trainer, job: JobCallback, trained_tokens: int) -> dict:
     """The attempt's ``result.json`` content, once ``train()`` has returned; saves the final weights on success."""
     state = trainer.state
+    if job.wandb:
+        job.wandb.finish()
     if job.stop == "cancel":
         return {"status": "cancelled"}
     if job.stop == "pause":
@@ -198,6 +201,9 @@ def finish(job_dir: Path, trainer, job: JobCallback, trained_tokens: int) -> dic
     trainer.save_model(str(job_dir / FINAL_CHECKPOINT))  # the adapter (or full weights) + tokenizer
     reporting.checkpoint(job_dir, state.max_steps, FINAL_CHECKPOINT, "final", job.last_metrics)
     reporting.write_results_csv(job_dir)
+    steps = state.max_steps - job.first_step
+    reporting.throughput(job_dir, trained_tokens * steps // state.max_steps, steps, time.monotonic() - job.began,
+                         job.startup_seconds)
     return {
         "status": "succeeded",
         "trained_tokens": trained_tokens,

@@ -38,6 +38,24 @@ def metrics(job_dir: Path, data: dict) -> None:
     jobdir.append_record(job_dir, {"kind": "metrics", "message": text, "data": data})
 
 
+class StepClock:
+    """The attempt's pace, for ``estimated_finish``: seconds per step over every step since the attempt's first
+    (that one carries warm-up: lazy initialisation, first allocations), so the time of per-step validation and of
+    epoch-end work (full validation, checkpoint) counts in proportion once it has happened (until the first epoch
+    end, that work is not yet in the figure)."""
+
+    def __init__(self):
+        self.first_end: float | None = None
+        self.first_step = 0
+
+    def tick(self, step: int, now: float) -> float | None:
+        """Record the end of ``step``; returns the seconds per step to expect, or None after the first step."""
+        if self.first_end is None:
+            self.first_end, self.first_step = now, step
+            return None
+        return (now - self.first_end) / (step - self.first_step)
+
+
 def progress(job_dir: Path, step: int, total_steps: int, seconds_per_step: float) -> None:
     record = {"kind": "progress", "step": step, "total_steps": total_steps, "seconds_per_step": seconds_per_step}
     jobdir.append_record(job_dir, record)
@@ -90,3 +108,35 @@ def write_results_csv(job_dir: Path) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, job_dir / jobdir.RESULTS_CSV)
     jobdir.fsync_dir(job_dir)
+
+
+def throughput(job_dir: Path, tokens: int, steps: int, loop_seconds: float, startup_seconds: float | None) -> None:
+    """The attempt's measured speed, which calibrates dry-run estimates for its base model on this hardware.
+
+    ``loop_seconds`` runs from the first step to the final weights on disk, so validation and checkpoint time are
+    in it; ``startup_seconds`` from the process's start (interpreter, imports, model load, tokenizing) to the first
+    step. The peak memory is the process's resident peak (CPU) or the accelerator's allocation peak (CUDA)."""
+    import resource
+
+    import torch
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated()
+    rate = tokens / loop_seconds if loop_seconds > 0 else None
+    method = (jobdir.read_json(job_dir / jobdir.SPEC) or {}).get("method")
+    data = {"method": method, "tokens": tokens, "steps": steps, "loop_seconds": round(loop_seconds, 3),
+            "tokens_per_second": rate, "peak_memory_bytes": peak,
+            "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3)}
+    text = f"Measured throughput: {tokens} tokens in {loop_seconds:.1f} s" + (f" ({rate:.0f} tokens/s)" if rate else "")
+    jobdir.append_record(job_dir, {"kind": "throughput", "message": text, "data": {"throughput": data}})
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: from /proc), or None where that is not known."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
