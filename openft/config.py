@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 from pydantic import Field
@@ -22,7 +23,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `openft serve` listens on.")
     port: int = Field(8000, description="Port `openft serve` listens on.")
     max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes (OpenAI: 512 MB).")
-    max_concurrent_jobs: int = Field(1, ge=1, description="Training attempts that may run at the same time.")
+    max_concurrent_jobs: int = Field(
+        1, ge=1, description="Training attempts that may run at the same time, across all replicas sharing the database."
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
     scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
@@ -50,6 +53,14 @@ class Settings(BaseSettings):
     )
     trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
     enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")
+    replica_id: str | None = Field(
+        None, description="Name of this API replica in the job leases it holds; default <hostname>:<port>, so a "
+        "replica restarted on the same host and port takes its jobs back at once. Unique per running replica."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="How long a replica's hold on a job lasts without renewal (renewed every tick): the "
+        "bound on how soon another replica takes over the jobs of one that died."
+    )
     grader_model_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint that score_model and label_model graders sample (default: this "
         "service, http://127.0.0.1:<port>/v1)."
@@ -58,6 +69,9 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"
+
+    def resolved_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.port}"
 
     def resolved_grader_base_url(self) -> str:
         return self.grader_model_base_url or f"http://127.0.0.1:{self.port}/v1"
