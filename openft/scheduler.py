@@ -125,7 +125,9 @@ class Scheduler:
                 self.store.transition(job.id, "running", "failed", [{"message": error["message"], "level": "error"}],
                                       error=error, finished_at=now())
                 continue
-            self.store.set_worker(job.id, handle, self.executor.host)
+            if not self.store.set_worker(job.id, job.attempt, handle, self.executor.host):
+                log.warning("%s moved on while attempt %d started; stopping that attempt", job.id, job.attempt)
+                self.executor.kill(handle)
 
     def _prepare(self, job: t.Job, attempt: int) -> Path:
         """Write the job directory for one attempt: data files (once), a fresh spec.json, no stale control/result."""

@@ -191,9 +191,15 @@ class Store:
             )
             return s.scalar(select(t.Job).where(t.Job.seq == seq)) if claimed.rowcount == 1 else None
 
-    def set_worker(self, job_id: str, handle: dict | None, host: str | None = None) -> None:
+    def set_worker(self, job_id: str, attempt: int, handle: dict, host: str | None) -> bool:
+        """Record the handle of a just-started attempt, unless the job moved on meanwhile (another replica, finding
+        it without a handle after this one's lease lapsed, re-queued it): then the caller must stop the attempt."""
         with self.session.begin() as s:
-            s.execute(update(t.Job).where(t.Job.id == job_id).values(worker=handle, worker_host=host))
+            result = s.execute(update(t.Job).where(
+                t.Job.id == job_id, t.Job.attempt == attempt, t.Job.worker.is_(None),
+                t.Job.status.in_(("running", "pausing", "cancelled")),
+            ).values(worker=handle, worker_host=host))
+            return result.rowcount == 1
 
     def transition(self, job_id: str, frm: str, to: str, events: list[dict] = (), **fields) -> bool:
         """Compare-and-set the status (and other fields) with the events it causes, in one transaction."""

@@ -25,7 +25,7 @@ from openft.store import Store, migrate
 from tests.conftest import BACKENDS, Server, _kill_trainers, _postgres_database
 from tests.helpers import all_events, chat_rows, upload, wait_for
 
-pytestmark = pytest.mark.skipif("postgres" not in BACKENDS, reason="needs the PostgreSQL test server")
+needs_postgres = pytest.mark.skipif("postgres" not in BACKENDS, reason="needs the PostgreSQL test server")
 
 JOBS = int(os.environ.get("OPENFT_TEST_REPLICA_JOBS", "8"))  # the full run: OPENFT_TEST_REPLICA_JOBS=20
 LIMIT = 3
@@ -46,6 +46,48 @@ def _queued_job(org: str = "org_a") -> t.Job:
                  training_file="file-x", seed=1, method=method, hyperparameters={}, result_files=[], validated=True)
 
 
+def test_a_lease_is_held_until_it_expires_or_is_released_then_another_replica_takes_the_job(database_url):
+    migrate(database_url)
+    store = Store(database_url)
+    job = _queued_job()
+    job.status = "running"
+    store.add(job)
+    assert [j.id for j in store.claim_leases("a", "host-1", 0.5)] == [job.id]
+    assert store.claim_leases("b", "host-1", 0.5) == []  # a holds it
+    assert [j.id for j in store.claim_leases("a", "host-1", 0.5)] == [job.id]  # renewed
+    time.sleep(0.7)  # a stopped renewing
+    assert [j.id for j in store.claim_leases("b", "host-1", 30)] == [job.id]
+    assert store.claim_leases("a", "host-1", 30) == []
+    store.release_leases("b")  # b stops cleanly
+    assert [j.id for j in store.claim_leases("a", "host-1", 30)] == [job.id]
+    store.engine.dispose()
+
+
+def test_a_job_whose_attempt_only_another_host_can_observe_is_never_leased_here(database_url):
+    migrate(database_url)
+    store = Store(database_url)
+    job = _queued_job()
+    job.status = "running"
+    store.add(job)
+    assert store.set_worker(job.id, 0, {"executor": "local", "host": "host-2", "pid": 1, "start_time": "1"}, "host-2")
+    assert store.claim_leases("a", "host-1", 30) == []
+    assert [j.id for j in store.claim_leases("b", "host-2", 30)] == [job.id]
+    store.engine.dispose()
+
+
+def test_a_started_attempt_is_not_recorded_once_another_replica_has_re_queued_its_job(database_url):
+    migrate(database_url)
+    store = Store(database_url)
+    store.add(_queued_job())
+    job = store.claim_start("a", 30, limit=1)
+    # a's lease lapsed while it started the attempt; b found the job without a handle and re-queued it.
+    assert store.transition(job.id, "running", "queued", worker=None)
+    assert not store.set_worker(job.id, job.attempt, {"executor": "local"}, "host-1")
+    assert store.get_job(None, job.id).worker is None
+    store.engine.dispose()
+
+
+@needs_postgres
 def test_two_replicas_racing_to_start_jobs_never_exceed_the_cluster_limit_or_take_one_job_twice(pg_url):
     setup = Store(pg_url)
     for _ in range(12):
@@ -78,6 +120,7 @@ def test_two_replicas_racing_to_start_jobs_never_exceed_the_cluster_limit_or_tak
         store.engine.dispose()
 
 
+@needs_postgres
 def test_an_organization_with_fewer_running_jobs_starts_next_even_if_its_job_is_newer(pg_url):
     store = Store(pg_url)
     busy = [_queued_job("org_busy") for _ in range(3)]
@@ -91,6 +134,7 @@ def test_an_organization_with_fewer_running_jobs_starts_next_even_if_its_job_is_
     store.engine.dispose()
 
 
+@needs_postgres
 def test_two_schedulers_ingesting_the_same_events_record_them_once(pg_url, tmp_path):
     store = Store(pg_url)
     job = _queued_job()
@@ -135,6 +179,7 @@ def _assert_complete_unique_events(client, job_id: str) -> None:
     assert not any("exited without a result" in m or "stopped while starting" in m for m in messages)
 
 
+@needs_postgres
 def test_jobs_created_through_two_replicas_all_succeed_once_when_one_replica_is_killed(
         pg_url, tiny_model, tmp_path):
     data_dir = tmp_path / "data"  # one shared job folder and blob store: both replicas run on this host
