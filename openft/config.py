@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,20 @@ class Settings(BaseSettings):
         "{}",
         description='Catalog of base models as JSON {"name": "/path/to/hf-folder", …}, merged with the models '
         "prepared by `openft models prepare` (kept in <data_dir>/models.json).",
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where training attempts run: `local` (a subprocess on this host) or `ray` (an actor on "
+        "any node of the Ray cluster at ray_address that has the resources below)."
+    )
+    ray_address: str = Field("auto", description="Ray cluster to join with executor=ray: `auto`, `HOST:PORT` of the "
+                             "head's GCS, or `ray://HOST:10001`.")
+    ray_num_cpus: float = Field(1, ge=0, description="CPUs each training attempt asks Ray for.")
+    ray_num_gpus: float = Field(0, ge=0, description="GPUs each training attempt asks Ray for.")
+    ray_memory_bytes: int | None = Field(None, ge=1, description="Memory each training attempt asks Ray for.")
+    ray_resources: str = Field("{}", description='Custom Ray resources each attempt asks for, as JSON, e.g. '
+                               '{"a100": 1} to run only on nodes started with --resources \'{"a100": 4}\'.')
+    ray_placement_timeout: float = Field(
+        300, gt=0, description="Seconds an attempt may wait for a Ray node with its resources before the job fails."
     )
     trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
     enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")
