@@ -179,7 +179,8 @@ class Scheduler:
             return self._recover(job, job_dir, "the service stopped while starting it")
         if job.status == "pausing" and jobdir.read_control(job_dir) != "pause":
             self.executor.signal(job_dir, "pause")
-        alive = self.executor.poll(job.worker) == "running"
+        state = self.executor.poll(job.worker)
+        alive = state == "running"
         self.ingest(job, job_dir)
         if alive:
             return
@@ -188,7 +189,7 @@ class Scheduler:
         job = self.store.get_job(None, job.id)
         result = jobdir.read_json(job_dir / jobdir.RESULT)
         if result is None:
-            self._recover(job, job_dir, "it exited without a result")
+            self._recover(job, job_dir, "its node was lost" if state == "lost" else "it exited without a result")
         elif result["status"] == "succeeded":
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":

@@ -138,12 +138,17 @@ def _results_csv(client, job_id: str) -> bytes:
     return client.files.content(job.result_files[0]).read()
 
 
-def test_an_sft_job_runs_on_the_ray_node_its_resources_ask_for(cluster, ray_server):
+def test_an_sft_job_runs_on_the_ray_node_its_resources_ask_for_and_pauses_and_resumes_there(cluster, ray_server):
     server = ray_server(ray_resources='{"node_c": 1}')
     client = server.client()
     job = _start(client)
+    wait_for_step(client, job.id, 3, timeout=300)
+    client.fine_tuning.jobs.pause(job.id)  # reaches the trainer through its actor
+    wait_for(client, job.id, "paused")
+    client.fine_tuning.jobs.resume(job.id)
     wait_for(client, job.id, "succeeded", timeout=300)
-    assert _attempt_nodes(server, job.id) == {1: cluster.node_ids()["node_c"]}
+    node_c = cluster.node_ids()["node_c"]
+    assert _attempt_nodes(server, job.id) == {1: node_c, 2: node_c}
 
 
 def test_killing_the_node_running_an_attempt_finishes_the_job_on_the_other_node_with_equal_results(
@@ -164,6 +169,7 @@ def test_killing_the_node_running_an_attempt_finishes_the_job_on_the_other_node_
     attempts = _attempt_nodes(server, job.id)
     survivor = next(node for name, node in nodes.items() if name != lost)
     assert attempts == {1: first, 2: survivor}
-    recovered = [e.message for e in all_events(client, job.id) if "exited without a result" in e.message]
-    assert len(recovered) == 1 and "resuming from the checkpoint at step 12" in recovered[0]
+    recovered = [e.message for e in all_events(client, job.id) if e.level == "warn"]
+    assert len(recovered) == 1 and "its node was lost" in recovered[0]
+    assert "resuming from the checkpoint at step 12" in recovered[0]
     assert _results_csv(client, job.id) == _results_csv(client, control.id)

@@ -6,8 +6,8 @@ The seam is the local executor's: `start(job_dir, attempt) -> handle`, `signal(j
 cluster can observe and control the attempt (`host` is None). Job folders must be on storage every node mounts at
 the same path (the attempt reads its spec and writes events and checkpoints there).
 
-When the node running an attempt dies, Ray marks its actor dead; `poll` then says "exited", and the scheduler
-resumes the job from its last checkpoint like any attempt that died without a result. The trainer is started with
+When the node running an attempt dies, Ray marks its actor dead; `poll` then says "lost", and the scheduler
+resumes the job from its last checkpoint like any attempt that died without a result, saying the node was lost. The trainer is started with
 the parent-death signal set, so it never outlives its actor (a lost node's trainer cannot keep writing into the job
 folder once the job resumes elsewhere).
 """
@@ -107,8 +107,9 @@ class RayExecutor:
                 return "running"
         except GetTimeoutError:
             return "running"  # busy or slow; never declare an attempt dead on a timeout
-        except RayActorError:
-            pass  # its node or worker died
+        except RayActorError:  # its node or worker died with the trainer
+            self._drop(handle["actor"])
+            return "lost"
         self._drop(handle["actor"])
         return "exited"
 
