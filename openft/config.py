@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     ray_resources: str = Field("{}", description='Custom Ray resources each attempt asks for, as JSON, e.g. '
                                '{"a100": 1} to run only on nodes started with --resources \'{"a100": 4}\'.')
     ray_placement_timeout: float = Field(
-        300, gt=0, description="Seconds an attempt may wait for a Ray node with its resources before the job fails."
+        300, gt=0, description="Seconds an attempt may wait for a Ray node with its resources before it counts as a failed "
+        "attempt (retried up to max_attempts)."
     )
     trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
     enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")

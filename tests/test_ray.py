@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, _kill_trainers
-from tests.helpers import all_events, chat_rows, upload, wait_for, wait_for_step
+from tests.helpers import (FUZZY_GRADER, all_events, chat_rows, preference_rows, reinforcement_rows, upload, wait_for,
+                           wait_for_step)
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HP = {"n_epochs": 3, "batch_size": 1}  # 12 examples: 12 steps an epoch, 36 in all
@@ -149,6 +150,22 @@ def test_an_sft_job_runs_on_the_ray_node_its_resources_ask_for_and_pauses_and_re
     wait_for(client, job.id, "succeeded", timeout=300)
     node_c = cluster.node_ids()["node_c"]
     assert _attempt_nodes(server, job.id) == {1: node_c, 2: node_c}
+
+
+def test_dpo_and_rft_jobs_run_on_the_asked_node_one_waiting_for_it_while_the_other_runs(cluster, ray_server):
+    server = ray_server(ray_resources='{"node_b": 1}', max_concurrent_jobs=2)  # node_b has room for one attempt
+    client = server.client()
+    dpo = client.fine_tuning.jobs.create(
+        model="tiny", training_file=upload(client, preference_rows(10)), seed=1,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}})
+    rft = client.fine_tuning.jobs.create(
+        model="tiny", training_file=upload(client, reinforcement_rows(10)), seed=1,
+        method={"type": "reinforcement", "reinforcement": {"grader": FUZZY_GRADER, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 2, "compute_multiplier": 0.5, "reasoning_effort": "low"}}})
+    for job in (dpo, rft):
+        wait_for(client, job.id, "succeeded", timeout=400)
+    node_b = cluster.node_ids()["node_b"]
+    assert _attempt_nodes(server, dpo.id) == {1: node_b} and _attempt_nodes(server, rft.id) == {1: node_b}
 
 
 def test_killing_the_node_running_an_attempt_finishes_the_job_on_the_other_node_with_equal_results(

@@ -1,7 +1,7 @@
 """Local executor: one subprocess per training attempt (`python -m openft.train JOB_DIR`) on this machine.
 
 The seam every executor offers: `start(job_dir, attempt) -> handle`, `signal(job_dir, command)`, `poll(handle)`
-("running" | "exited", or "lost" when the attempt died with its node) and `kill(handle)`. A handle is a small JSON-able dict, stored on the job row, so that a
+("running" | "exited"; a remote executor may also say "lost" or "unplaced") and `kill(handle)`. A handle is a small JSON-able dict, stored on the job row, so that a
 restarted service can adopt an attempt that outlived it. The process is identified by pid *and* its kernel start
 time, so a recycled pid is never mistaken for our trainer. `host` names the machine: only a scheduler on that host
 can observe the attempt (the scheduler leases such a job only to replicas on it).

@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ray
@@ -67,6 +68,13 @@ class Attempt:
             self.proc.wait()
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 def _name(job_dir: Path) -> str:
     return f"attempt-{job_dir.name}"
 
@@ -82,32 +90,37 @@ class RayExecutor:
                         **({"memory": memory} if memory else {})}
 
     def start(self, job_dir: Path, attempt: int) -> dict:
+        """Ask Ray for the attempt's actor and return at once; Ray starts it when a node has room (until then the
+        job shows as running, and after `placement_timeout` the attempt counts as failed)."""
         self._drop(_name(job_dir))  # a previous attempt's actor, if it was never reaped
-        actor = Attempt.options(name=_name(job_dir), lifetime="detached", **self.options).remote(
+        Attempt.options(name=_name(job_dir), lifetime="detached", **self.options).remote(
             str(job_dir), attempt, self.python)
-        try:  # placed and started, or a clear error (the job fails) rather than a job that waits unseen
-            node = ray.get(actor.node.remote(), timeout=self.placement_timeout)
-        except (GetTimeoutError, RayActorError) as exc:
-            self._drop(_name(job_dir))
-            raise RuntimeError(f"no Ray node could run the attempt with {self.options} "
-                               f"within {self.placement_timeout:g}s ({type(exc).__name__})") from None
-        return {"executor": "ray", "actor": _name(job_dir), "node_id": node}
+        log = job_dir / f"attempt-{attempt}.log"
+        return {"executor": "ray", "actor": _name(job_dir), "log": str(log), "created": time.time()}
 
     def signal(self, job_dir: Path, command: str) -> None:
         actor = self._actor(_name(job_dir))
         if actor is not None:
-            ray.get(actor.signal.remote(command), timeout=30)
+            actor.signal.remote(command)
+        jobdir.write_control(job_dir, command)  # an actor still waiting for a node reads it when it starts
 
     def poll(self, handle: dict) -> str:
+        """"running", "exited", "lost" (its node or worker died) or "unplaced" (no node took it in time)."""
         actor = self._actor(handle["actor"])
         if actor is None:
             return "exited"
-        try:
-            if ray.get(actor.running.remote(), timeout=30):
+        ref = actor.running.remote()
+        ready, _ = ray.wait([ref], timeout=1)
+        if not ready:  # not placed yet, or slow: never declare an attempt dead on a timeout alone
+            placed = "on Ray node" in _read(Path(handle["log"]))
+            if placed or time.time() - handle["created"] < self.placement_timeout:
                 return "running"
-        except GetTimeoutError:
-            return "running"  # busy or slow; never declare an attempt dead on a timeout
-        except RayActorError:  # its node or worker died with the trainer
+            self._drop(handle["actor"])
+            return "unplaced"
+        try:
+            if ray.get(ref):
+                return "running"
+        except RayActorError:
             self._drop(handle["actor"])
             return "lost"
         self._drop(handle["actor"])
