@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -118,10 +119,10 @@ def main() -> None:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = args.postgres.rsplit("/", 1)[0] + "/" + name
     proc = None
+    data_dir = Path(tempfile.mkdtemp(prefix="openft-bench-"))
     try:
         migrate(url)
         store = Store(url)
-        data_dir = Path(tempfile.mkdtemp(prefix="openft-bench-"))
         settings = Settings(data_dir=data_dir, database_url=url, max_concurrent_jobs=20, replica_id="bench")
         scheduler = Scheduler(store, None, settings, StubExecutor())
         handle = {"executor": "stub"}
@@ -146,6 +147,7 @@ def main() -> None:
         if proc:
             proc.terminate()
             proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
