@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import Server, _kill_trainers
 from tests.helpers import (FUZZY_GRADER, all_events, chat_rows, preference_rows, reinforcement_rows, upload, wait_for,
                            wait_for_step)
+from tests.test_recovery import trainer_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HP = {"n_epochs": 3, "batch_size": 1}  # 12 examples: 12 steps an epoch, 36 in all
@@ -150,6 +151,23 @@ def test_an_sft_job_runs_on_the_ray_node_its_resources_ask_for_and_pauses_and_re
     wait_for(client, job.id, "succeeded", timeout=300)
     node_c = cluster.node_ids()["node_c"]
     assert _attempt_nodes(server, job.id) == {1: node_c, 2: node_c}
+
+
+def test_cancel_reaches_a_ray_attempt_which_stops_and_leaves_no_checkpoints(ray_server):
+    server = ray_server(cancel_grace_seconds=60)
+    client = server.client()
+    job = _start(client)
+    wait_for_step(client, job.id, 13, timeout=300)  # an epoch checkpoint exists
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data
+    client.fine_tuning.jobs.cancel(job.id)
+    deadline = time.time() + 60
+    while time.time() < deadline and (client.fine_tuning.jobs.checkpoints.list(job.id).data
+                                      or trainer_pids(job.id)):
+        time.sleep(0.2)
+    assert trainer_pids(job.id) == []  # the trainer stopped (within the grace period: on the cancel, not a kill)
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
+    result = json.loads((server.data_dir / "jobs" / job.id / "result.json").read_text())
+    assert result == {"status": "cancelled"}  # it ended on its own, at the cancel
 
 
 def test_dpo_and_rft_jobs_run_on_the_asked_node_one_waiting_for_it_while_the_other_runs(cluster, ray_server):

@@ -107,8 +107,8 @@ class RayExecutor:
     def poll(self, handle: dict) -> str:
         """"running", "exited", "lost" (its node or worker died) or "unplaced" (no node took it in time)."""
         actor = self._actor(handle["actor"])
-        if actor is None:
-            return "exited"
+        if actor is None:  # gone without being reaped here (reaping follows an observed exit): it died
+            return "lost"
         ref = actor.running.remote()
         ready, _ = ray.wait([ref], timeout=1)
         if not ready:  # not placed yet, or slow: never declare an attempt dead on a timeout alone
