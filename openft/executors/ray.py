@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 from openft import jobdir
 
@@ -120,6 +120,8 @@ class RayExecutor:
         try:
             if ray.get(ref):
                 return "running"
+        except ActorUnavailableError:  # unreachable for now (Ray says it may recover): not dead yet
+            return "running"
         except RayActorError:
             self._drop(handle["actor"])
             return "lost"
