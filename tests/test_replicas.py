@@ -10,13 +10,11 @@ import signal
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from openft import tables as t
-from openft.blobs import Blobs
 from openft.config import Settings
 from openft.executors import LocalExecutor
 from openft.ids import new_id, now
