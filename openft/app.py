@@ -19,7 +19,7 @@ from openft.api.guard import Guard
 from openft.blobs import Blobs
 from openft.config import Settings
 from openft.errors import APIError
-from openft.executors import LocalExecutor
+from openft.executors import make_executor
 from openft.graders.worker import GraderSlots
 from openft.infer.client import InferenceClient
 from openft.scheduler import Scheduler
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = svc
         if svc.open_mode:
             log.warning("No API keys configured: serving without auth as organization org_local (loopback only)")
-        scheduler = Scheduler(svc.store, svc.blobs, settings, LocalExecutor(settings.trainer_python))
+        scheduler = Scheduler(svc.store, svc.blobs, settings, make_executor(settings))
         if settings.enable_scheduler:
             scheduler.start()
         app.state.scheduler = scheduler

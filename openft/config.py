@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,7 +28,9 @@ class Settings(BaseSettings):
         3600, ge=1, description="Shortest expires_after.seconds an upload may ask for (OpenAI: 3600; lower only "
         "for tests)."
     )
-    max_concurrent_jobs: int = Field(1, ge=1, description="Training attempts that may run at the same time.")
+    max_concurrent_jobs: int = Field(
+        1, ge=1, description="Training attempts that may run at the same time, across all replicas sharing the database."
+    )
     max_attempts: int = Field(3, ge=1, description="Attempts per job before a crashing job is failed.")
     min_examples: int = Field(10, ge=1, description="Fewest training examples a job accepts (OpenAI: 10).")
     scheduler_interval: float = Field(0.5, gt=0, description="Seconds between scheduler ticks.")
@@ -69,8 +73,31 @@ class Settings(BaseSettings):
         description='Catalog of base models as JSON {"name": "/path/to/hf-folder", …}, merged with the models '
         "prepared by `openft models prepare` (kept in <data_dir>/models.json).",
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Where training attempts run: `local` (a subprocess on this host) or `ray` (an actor on "
+        "any node of the Ray cluster at ray_address that has the resources below)."
+    )
+    ray_address: str = Field("auto", description="Ray cluster to join with executor=ray: `auto`, `HOST:PORT` of the "
+                             "head's GCS, or `ray://HOST:10001`.")
+    ray_num_cpus: float = Field(1, ge=0, description="CPUs each training attempt asks Ray for.")
+    ray_num_gpus: float = Field(0, ge=0, description="GPUs each training attempt asks Ray for.")
+    ray_memory_bytes: int | None = Field(None, ge=1, description="Memory each training attempt asks Ray for.")
+    ray_resources: str = Field("{}", description='Custom Ray resources each attempt asks for, as JSON, e.g. '
+                               '{"a100": 1} to run only on nodes started with --resources \'{"a100": 4}\'.')
+    ray_placement_timeout: float = Field(
+        300, gt=0, description="Seconds an attempt may wait for a Ray node with its resources before it counts as a failed "
+        "attempt (retried up to max_attempts)."
+    )
     trainer_python: str | None = Field(None, description="Python interpreter for training processes; default: this one.")
     enable_scheduler: bool = Field(True, description="Run the scheduler inside the API process.")
+    replica_id: str | None = Field(
+        None, description="Name of this API replica in the job leases it holds; default <hostname>:<port>, so a "
+        "replica restarted on the same host and port takes its jobs back at once. Unique per running replica."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="How long a replica's hold on a job lasts without renewal (renewed every tick): the "
+        "bound on how soon another replica takes over the jobs of one that died."
+    )
     grader_model_base_url: str | None = Field(
         None, description="OpenAI-compatible endpoint that score_model and label_model graders sample (default: this "
         "service, http://127.0.0.1:<port>/v1)."
@@ -101,6 +128,9 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'openft.db').resolve()}"
+
+    def resolved_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}:{self.port}"
 
     def resolved_grader_base_url(self) -> str:
         return self.grader_model_base_url or f"http://127.0.0.1:{self.port}/v1"

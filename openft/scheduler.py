@@ -1,6 +1,13 @@
 """The scheduler: validates files, starts queued jobs on an executor, ingests what attempts report, applies pause
 and cancel, and recovers attempts that died. One `tick()` does all of it, top to bottom; the API process runs ticks
-in a background thread. One scheduler per database.
+in a background thread.
+
+Several replicas may share one database: each tick first takes or renews a lease on the live jobs it can drive
+(`Store.claim_leases`), and touches only those; a replica that stops renewing (it died) loses its jobs to another
+after `lease_seconds`. Starting an attempt is one atomic claim under the cluster-wide limit (`Store.claim_start`);
+every write is a compare-and-set (status, events offset), so even two replicas acting on one job at once never
+record a transition or an event twice. A local attempt can be observed only from its own host, so its job is
+leased only by replicas on that host.
 
 Invariant: a job is `running` or `pausing` only while an attempt runs for it. An attempt that exits without
 result.json (kill -9, OOM, a service restart that lost it) is re-queued from its last resumable checkpoint, at most
@@ -27,11 +34,14 @@ from openft.store import Store
 
 log = logging.getLogger("openft.scheduler")
 KEEP_CHECKPOINTS = 3
+# What an executor's poll may say of an attempt that ended without a result, beyond "exited".
+_WHY = {"lost": "its node was lost", "unplaced": "found no node with the resources it asks for in time"}
 
 
 class Scheduler:
     def __init__(self, store: Store, blobs: Blobs, settings: Settings, executor):
         self.store, self.blobs, self.settings, self.executor = store, blobs, settings, executor
+        self.replica = settings.resolved_replica_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -45,6 +55,7 @@ class Scheduler:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=30)
+            self.store.release_leases(self.replica)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -55,10 +66,11 @@ class Scheduler:
             self._stop.wait(self.settings.scheduler_interval)
 
     def tick(self) -> None:
-        for job in self.store.jobs_in("validating_files"):
-            self.validate(job)
-        for job in self.store.live_jobs():
-            self.reconcile(job)
+        for job in self.store.claim_leases(self.replica, self.executor.host, self.settings.lease_seconds):
+            if job.status == "validating_files":
+                self.validate(job)
+            else:
+                self.reconcile(job)
         self.start_queued()
         files.sweep_expired(self.store, self.blobs)
         uploads.sweep_expired(self.store, self.blobs)
@@ -126,23 +138,19 @@ class Scheduler:
     # ---- queued → running ------------------------------------------------------------------------------------
 
     def start_queued(self) -> None:
-        busy = sum(1 for j in self.store.live_jobs() if j.status != "cancelled" or j.worker)
-        for job in self.store.jobs_in("queued"):
-            if busy >= self.settings.max_concurrent_jobs:
-                return
-            attempt = job.attempt + 1
-            if not self.store.transition(job.id, "queued", "running", attempt=attempt, worker=None):
-                continue
-            busy += 1
+        while job := self.store.claim_start(self.replica, self.settings.lease_seconds,
+                                            self.settings.max_concurrent_jobs):
             try:
-                handle = self.executor.start(self._prepare(job, attempt), attempt)
+                handle = self.executor.start(self._prepare(job, job.attempt), job.attempt)
             except Exception as exc:
                 log.exception("could not start %s", job.id)
                 error = {"code": "server_error", "param": None, "message": f"Could not start training: {exc}"}
                 self.store.transition(job.id, "running", "failed", [{"message": error["message"], "level": "error"}],
                                       error=error, finished_at=now())
                 continue
-            self.store.set_worker(job.id, handle)
+            if not self.store.set_worker(job.id, job.attempt, handle, self.executor.host):
+                log.warning("%s moved on while attempt %d started; stopping that attempt", job.id, job.attempt)
+                self.executor.kill(handle)
 
     def _prepare(self, job: t.Job, attempt: int) -> Path:
         """Write the job directory for one attempt: data files (once), spec.json (the job's frozen spec plus this
@@ -183,7 +191,8 @@ class Scheduler:
             return self._recover(job, job_dir, "the service stopped while starting it")
         if job.status == "pausing" and jobdir.read_control(job_dir) != "pause":
             self.executor.signal(job_dir, "pause")
-        alive = self.executor.poll(job.worker) == "running"
+        state = self.executor.poll(job.worker)
+        alive = state == "running"
         self.ingest(job, job_dir)
         if alive:
             return
@@ -192,7 +201,7 @@ class Scheduler:
         job = self.store.get_job(None, job.id)
         result = jobdir.read_json(job_dir / jobdir.RESULT)
         if result is None:
-            self._recover(job, job_dir, "it exited without a result")
+            self._recover(job, job_dir, _WHY.get(state, "it exited without a result"))
         elif result["status"] == "succeeded":
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":
@@ -289,7 +298,7 @@ class Scheduler:
             elif r["kind"] == "progress":
                 remaining = (r["total_steps"] - r["step"]) * r["seconds_per_step"]
                 fields["estimated_finish"] = int(r["ts"] + remaining)
-        if self.store.ingest(job.id, job.status, offset, events, checkpoints, **fields):
+        if self.store.ingest(job.id, job.status, job.events_offset, offset, events, checkpoints, **fields):
             if checkpoints:
                 self._rotate(job, job_dir)
 

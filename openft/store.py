@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, or_, select, update
+from sqlalchemy import create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,6 +60,16 @@ def hash_key(key: str) -> str:
 def _live_file() -> tuple:
     """A file is visible until it is deleted or expires."""
     return t.File.deleted.is_(False), or_(t.File.expires_at.is_(None), t.File.expires_at > int(time.time()))
+
+
+# Jobs a scheduler must look after: validating, with an attempt (or owed one), or cancelled with clean-up pending.
+# Every branch is an equality on status (ix_jobs_status_cancel_seq), so the scan is over live jobs only.
+_NEEDS_DRIVER = t.Job.status.in_(("validating_files", "running", "pausing")) | (
+    (t.Job.status == "cancelled") & t.Job.cancel_requested_at.is_not(None))
+# Jobs that hold (or are about to hold) a training slot.
+_BUSY = t.Job.status.in_(("running", "pausing")) | (
+    (t.Job.status == "cancelled") & t.Job.cancel_requested_at.is_not(None) & t.Job.worker.is_not(None))
+_START_LOCK = 7271002  # the advisory-lock key of claim_start
 
 
 def _scoped(stmt, table, scope: Scope):
@@ -174,22 +184,61 @@ class Store:
             rows = [r for r in rows if r.metadata_ and all(r.metadata_.get(k) == v for k, v in metadata.items())]
             return rows[:limit], len(rows) > limit
 
-    def jobs_in(self, *statuses: str) -> list[t.Job]:
-        with self.session() as s:
-            return list(s.scalars(select(t.Job).where(t.Job.status.in_(statuses)).order_by(t.Job.seq)))
-
-    def live_jobs(self) -> list[t.Job]:
-        """Jobs that have, or should have, an attempt (running, pausing), and cancelled jobs not yet cleaned up."""
-        with self.session() as s:
-            cleanup = (t.Job.status == "cancelled") & t.Job.cancel_requested_at.is_not(None)
-            stmt = select(t.Job).where(
-                t.Job.status.in_(("running", "pausing")) | t.Job.worker.is_not(None) | cleanup
-            ).order_by(t.Job.seq)
-            return list(s.scalars(stmt))
-
-    def set_worker(self, job_id: str, handle: dict | None) -> None:
+    # ---- scheduling: leases, the cluster-wide start claim ----
+    def claim_leases(self, owner: str, host: str, seconds: float) -> list[t.Job]:
+        """Take or renew the lease on every job that needs a driver and is free, expired or already ``owner``'s
+        (skipping jobs whose attempt only another host can observe), and return the jobs ``owner`` now drives.
+        Rows another replica is claiming right now are skipped, not waited for (SKIP LOCKED on PostgreSQL)."""
+        clock = time.time()
+        free = t.Job.lease_owner.is_(None) | (t.Job.lease_owner == owner) | (t.Job.lease_expires < clock)
+        observable = t.Job.worker_host.is_(None) | (t.Job.worker_host == host)
         with self.session.begin() as s:
-            s.execute(update(t.Job).where(t.Job.id == job_id).values(worker=handle))
+            ids = list(s.scalars(select(t.Job.id).where(_NEEDS_DRIVER, free, observable)
+                                 .order_by(t.Job.seq).with_for_update(skip_locked=True)))
+            if ids:
+                s.execute(update(t.Job).where(t.Job.id.in_(ids)).values(lease_owner=owner, lease_expires=clock + seconds))
+            return list(s.scalars(select(t.Job).where(_NEEDS_DRIVER, t.Job.lease_owner == owner).order_by(t.Job.seq)))
+
+    def release_leases(self, owner: str) -> None:
+        """Hand ``owner``'s jobs over now (a replica shutting down cleanly); another replica claims them next tick."""
+        with self.session.begin() as s:
+            s.execute(update(t.Job).where(t.Job.lease_owner == owner).values(lease_owner=None, lease_expires=None))
+
+    def claim_start(self, owner: str, seconds: float, limit: int) -> t.Job | None:
+        """Move one queued job to running for ``owner`` if fewer than ``limit`` attempts run in the whole cluster.
+
+        The count and the claim happen under one cluster-wide lock (a PostgreSQL advisory lock held to the end of
+        the transaction; SQLite serves one replica), so two replicas never both take the last free slot. The job
+        taken is the oldest queued job of the organization with the fewest attempts running: creation order within
+        an organization, and no organization starves behind another's queue."""
+        with self.session.begin() as s:
+            if s.bind.dialect.name == "postgresql":
+                s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _START_LOCK})
+            running = dict(s.execute(select(t.Job.organization_id, func.count()).where(_BUSY)
+                                     .group_by(t.Job.organization_id)).all())
+            if sum(running.values()) >= limit:
+                return None
+            oldest = s.execute(select(t.Job.organization_id, func.min(t.Job.seq)).where(t.Job.status == "queued")
+                               .group_by(t.Job.organization_id)).all()
+            if not oldest:
+                return None
+            _, seq = min(oldest, key=lambda row: (running.get(row[0], 0), row[1]))
+            claimed = s.execute(
+                update(t.Job).where(t.Job.seq == seq, t.Job.status == "queued")
+                .values(status="running", attempt=t.Job.attempt + 1, worker=None, worker_host=None,
+                        lease_owner=owner, lease_expires=time.time() + seconds)
+            )
+            return s.scalar(select(t.Job).where(t.Job.seq == seq)) if claimed.rowcount == 1 else None
+
+    def set_worker(self, job_id: str, attempt: int, handle: dict, host: str | None) -> bool:
+        """Record the handle of a just-started attempt, unless the job moved on meanwhile (another replica, finding
+        it without a handle after this one's lease lapsed, re-queued it): then the caller must stop the attempt."""
+        with self.session.begin() as s:
+            result = s.execute(update(t.Job).where(
+                t.Job.id == job_id, t.Job.attempt == attempt, t.Job.worker.is_(None),
+                t.Job.status.in_(("running", "pausing", "cancelled")),
+            ).values(worker=handle, worker_host=host))
+            return result.rowcount == 1
 
     def transition(self, job_id: str, frm: str, to: str, events: list[dict] = (), **fields) -> bool:
         """Compare-and-set the status (and other fields) with the events it causes, in one transaction."""
@@ -205,12 +254,14 @@ class Store:
                 _enqueue_webhooks(s, job_id, f"fine_tuning.job.{to}")
             return True
 
-    def ingest(self, job_id: str, status: str, offset: int, events: list[dict], checkpoints: list[t.Checkpoint],
-               **fields) -> bool:
-        """Record what an attempt reported up to byte `offset` of its events file, atomically."""
+    def ingest(self, job_id: str, status: str, start: int, offset: int, events: list[dict],
+               checkpoints: list[t.Checkpoint], **fields) -> bool:
+        """Record what an attempt reported between bytes `start` and `offset` of its events file, atomically; a
+        compare-and-set on `start` makes a second reader of the same bytes (another replica) record nothing."""
         with self.session.begin() as s:
             result = s.execute(
-                update(t.Job).where(t.Job.id == job_id, t.Job.status == status).values(events_offset=offset, **fields)
+                update(t.Job).where(t.Job.id == job_id, t.Job.status == status, t.Job.events_offset == start)
+                .values(events_offset=offset, **fields)
             )
             if result.rowcount != 1:
                 return False

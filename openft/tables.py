@@ -109,6 +109,11 @@ class Job(Base):
     # whole spec once the files are validated. Every attempt runs from it.
     spec: Mapped[dict | None] = mapped_column(NullableJSON)
     cancel_requested_at: Mapped[float | None] = mapped_column(Float)
+    # Only the host named here can observe the attempt (a local subprocess); null when any replica can (Ray).
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    # The replica that drives this job, until lease_expires (unix seconds); see Store.claim_leases.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires: Mapped[float | None] = mapped_column(Float)
 
 
 class Event(Base):
@@ -150,6 +155,9 @@ class Permission(Base):
 
 
 Index("ix_events_job_seq", Event.job_id, Event.seq)
+# The scheduler's queries select live jobs by status (and cancelled ones by a pending clean-up): with this index
+# their cost grows with the live jobs, not with every job ever made.
+Index("ix_jobs_status_cancel_seq", Job.status, Job.cancel_requested_at, Job.seq)
 
 
 class WebhookEndpoint(Base):

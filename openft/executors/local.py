@@ -1,15 +1,17 @@
 """Local executor: one subprocess per training attempt (`python -m openft.train JOB_DIR`) on this machine.
 
 The seam every executor offers: `start(job_dir, attempt) -> handle`, `signal(job_dir, command)`, `poll(handle)`
-("running" | "exited") and `kill(handle)`. A handle is a small JSON-able dict, stored on the job row, so that a
+("running" | "exited"; a remote executor may also say "lost" or "unplaced") and `kill(handle)`. A handle is a small JSON-able dict, stored on the job row, so that a
 restarted service can adopt an attempt that outlived it. The process is identified by pid *and* its kernel start
-time, so a recycled pid is never mistaken for our trainer.
+time, so a recycled pid is never mistaken for our trainer. `host` names the machine: only a scheduler on that host
+can observe the attempt (the scheduler leases such a job only to replicas on it).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +33,7 @@ class LocalExecutor:
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
         self.children: dict[int, subprocess.Popen] = {}
+        self.host = socket.gethostname()
 
     def start(self, job_dir: Path, attempt: int) -> dict:
         log = open(job_dir / f"attempt-{attempt}.log", "ab")
@@ -45,7 +48,7 @@ class LocalExecutor:
         )
         log.close()
         self.children[proc.pid] = proc
-        return {"executor": "local", "pid": proc.pid, "start_time": _start_time(proc.pid)}
+        return {"executor": "local", "host": self.host, "pid": proc.pid, "start_time": _start_time(proc.pid)}
 
     def signal(self, job_dir: Path, command: str) -> None:
         jobdir.write_control(job_dir, command)
