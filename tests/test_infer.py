@@ -31,7 +31,7 @@ from openft.errors import InvalidRequest  # noqa: E402
 from openft.export import export_archive, export_model  # noqa: E402
 from openft.infer.client import InferenceClient, InferenceError  # noqa: E402
 from openft.infer.engine import Engine, _Choice, _Detokenizer  # noqa: E402
-from openft.infer.request import parse_tool_calls  # noqa: E402
+from openft.chatformat import parse_tool_calls  # noqa: E402
 from tests.tinymodel import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
 
 # PEFT, used directly below to make adapters, trips over a transformers deprecation; nothing for us to act on.

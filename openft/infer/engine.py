@@ -9,7 +9,7 @@ turns the LoRA layers off for the base. At most ``max_bases`` bases stay loaded 
 adapter larger than the bound still works). An adapter is cached by its folder path: checkpoints never change.
 
 Prompt. Messages and tools go through the model's chat template exactly as training renders them
-(``openft.train.data.to_template_messages``): natively where the template supports tools, otherwise as the Hermes
+(``openft.chatformat``): natively where the template supports tools, otherwise as the Hermes
 system block that training uses (tool definitions as JSON inside ``<tools>…</tools>``, calls as
 ``<tool_call>{"name": …, "arguments": {…}}</tool_call>``), so a model answers in the format it was tuned on.
 
@@ -44,9 +44,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from openft.chatformat import TOOL_CALL_OPEN, parse_tool_calls, template_renders_tools, to_template_messages
 from openft.errors import InvalidRequest
-from openft.infer.request import TOOL_CALL_OPEN, ChatParams, parse_chat_request, parse_tool_calls
-from openft.train.data import template_renders_tools, to_template_messages
+from openft.infer.request import ChatParams, parse_chat_request
 
 DEFAULT_MAX_ADAPTER_BYTES = 1 << 30
 DEFAULT_MAX_BASES = 2

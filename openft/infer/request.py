@@ -1,5 +1,4 @@
-"""An OpenAI chat completions request checked and reduced to what sampling needs, and tool calls parsed back out
-of generated text. Standard library only: the API process may check a request before it reaches the worker.
+"""An OpenAI chat completions request checked and reduced to what sampling needs. Standard library only: the API process may check a request before it reaches the worker.
 
 Supported request fields: ``messages`` (system, developer, user, assistant with ``tool_calls``, tool, and the
 legacy function role; text content or text parts), ``tools`` (and legacy ``functions``), ``tool_choice``
@@ -10,15 +9,11 @@ output), ``n`` (1–128) and ``stream``. Fields that would change the output but
 penalties, logit_bias, structured response formats) are refused with a clear error rather than ignored; all
 other fields (``model``, ``user``, ``metadata``, ``stream_options`` …) are the caller's business.
 
-Generated tool calls are read in the Hermes format that training renders for templates without tool support
-(``openft.train.data``): ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` blocks.
+Generated tool calls are read back by ``openft.chatformat.parse_tool_calls``.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import secrets
 from dataclasses import dataclass
 
 from openft.errors import InvalidRequest
@@ -26,8 +21,6 @@ from openft.errors import InvalidRequest
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MAX_N = 128
 MAX_STOP = 4
-TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
 
 # Fields that change the output, with the values that mean "off" (the only values accepted).
 _UNSUPPORTED = {
@@ -168,36 +161,3 @@ def _stop(value) -> tuple[str, ...]:
         raise InvalidRequest(f"'stop' must be a non-empty string or an array of up to {MAX_STOP} of them.",
                              param="stop")
     return tuple(stops)
-
-
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """Split generated ``text`` into the message ``content`` and OpenAI ``tool_calls``.
-
-    Every ``<tool_call>…</tool_call>`` block that holds a JSON object with a string ``name`` becomes a call (its
-    ``arguments``, or ``parameters`` as some models write, re-serialised as a JSON string). With at least one call,
-    the content is the text before the first call, without trailing whitespace, or None if that is empty; text after
-    the calls is dropped. A block that does not parse stays in the content, so nothing is silently lost.
-    """
-    calls, first = [], None
-    for match in _TOOL_CALL.finditer(text):
-        call = _tool_call(match.group(1))
-        if call is not None:
-            calls.append(call)
-            first = match.start() if first is None else first
-    if not calls:
-        return text, []
-    return (text[:first].rstrip() or None), calls
-
-
-def _tool_call(body: str) -> dict | None:
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    arguments = obj.get("arguments", obj.get("parameters", {}))
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": "call_" + secrets.token_hex(12), "type": "function",
-            "function": {"name": obj["name"], "arguments": arguments}}
