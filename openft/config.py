@@ -35,6 +35,32 @@ class Settings(BaseSettings):
         "used ones are dropped first)."
     )
     inference_max_bases: int = Field(2, ge=1, description="Base models the inference worker keeps loaded at once.")
+    inference_workers: int = Field(
+        1, ge=1, description="Inference worker processes; each batches its own requests and keeps its own model cache "
+        "within the limits above."
+    )
+    inference_default_max_tokens: int = Field(
+        1024, ge=1, description="Completion tokens per choice when a chat request sets neither max_tokens nor "
+        "max_completion_tokens (never past the model's context)."
+    )
+    inference_max_batch_rows: int = Field(
+        32, ge=1, description="Rows (choices of running requests) one inference worker decodes together."
+    )
+    inference_max_batch_tokens: int = Field(
+        65536, ge=1, description="KV-cache budget of one inference worker in tokens: the running requests' prompt + "
+        "completion bound, times n, summed. Requests that do not fit wait for running ones to finish."
+    )
+    inference_max_queue: int = Field(
+        64, ge=0, description="Requests that may wait per inference worker beyond a full batch; more are answered "
+        "503 with Retry-After."
+    )
+    inference_request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a chat completion may take before it is stopped and answered 504."
+    )
+    inference_stall_timeout: float = Field(
+        60.0, gt=0, description="Seconds an inference worker with requests in hand may stay silent (it beats every "
+        "second while it works) before it is taken as hung, killed and restarted."
+    )
     full_fine_tuning: bool = Field(
         False, description="Train every weight instead of a LoRA adapter (an extension: more memory, slower; the "
         "fine-tuned model is then a whole model folder)."

@@ -30,7 +30,8 @@ from openft import jobdir  # noqa: E402
 from openft.errors import InvalidRequest  # noqa: E402
 from openft.export import export_archive, export_model  # noqa: E402
 from openft.infer.client import InferenceClient, InferenceError  # noqa: E402
-from openft.infer.engine import Engine, _Choice, _Detokenizer  # noqa: E402
+from openft.infer.engine import Engine  # noqa: E402
+from openft.infer.text import Choice as _Choice, Detokenizer as _Detokenizer  # noqa: E402
 from openft.chatformat import parse_tool_calls  # noqa: E402
 from tests.tinymodel import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
 
@@ -57,7 +58,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     model.save_pretrained(root / "base")
     AutoTokenizer.from_pretrained(tiny).save_pretrained(root / "base")
     paths = {"tiny": tiny, "base": root / "base"}
-    for seed in (1, 2):
+    for seed in (1, 2, 3, 4):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), LoraConfig(
@@ -65,7 +66,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
         paths[f"adapter{seed}"] = root / f"adapter{seed}"
         peft_model.save_pretrained(paths[f"adapter{seed}"])
         AutoTokenizer.from_pretrained(tiny).save_pretrained(paths[f"adapter{seed}"])  # as the trainer does
+    MODELS.update(paths)
     return paths
+
+
+MODELS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +217,59 @@ def test_streaming_never_splits_a_multibyte_character(models):
     pieces = [detokenizer.push(token) for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
     assert "".join(pieces) + detokenizer.flush() == text
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+# ---- continuous batching ------------------------------------------------------------------------------------------
+
+
+def batched(engine, jobs: list[tuple[str | None, dict]], join_at: dict[int, int] | None = None) -> dict[int, dict]:
+    """Run ``jobs`` (adapter, request) through one engine together; job k is submitted before decode step
+    ``join_at[k]`` (default 0). Returns each job's final reply and the step at which it finished."""
+    join_at, replies, finished = join_at or {}, {}, {}
+
+    def emit(k):
+        def on(event):
+            if "ok" in event:
+                replies[k] = event
+        return on
+
+    step = 0
+    while len(replies) < len(jobs):
+        for k, (adapter, request) in enumerate(jobs):
+            if join_at.get(k, 0) == step:
+                engine.submit(f"job{k}", str(MODELS["base"]), adapter and str(MODELS[adapter]), request, emit(k))
+        engine.step()
+        step += 1
+        for k in replies:
+            finished.setdefault(k, step)
+    return {k: {**replies[k], "step": finished[k]} for k in replies}
+
+
+def test_concurrent_requests_over_four_adapters_and_the_base_answer_exactly_as_each_alone(engine, models):
+    prompts = [[{"role": "user", "content": text}] for text in (
+        "What is the capital of France?", "Hi", "Write a short poem about the sea, please, in a few words.",
+        "How many legs does a spider have?")]
+    adapters = [None, "adapter1", "adapter2", "adapter3", "adapter4", "adapter1", None, "adapter3"]
+    jobs = [(adapter, {"messages": prompts[k % 4], "temperature": 0, "max_tokens": 6 + 5 * k})
+            for k, adapter in enumerate(adapters)]
+    jobs.append(("adapter2", {"messages": prompts[0], "temperature": 0.9, "seed": 5, "n": 3, "max_tokens": 20}))
+    alone = [chat_alone(engine, adapter, request) for adapter, request in jobs]
+    together = batched(engine, jobs, join_at={5: 3, 6: 4, 7: 9, 8: 2})
+    assert [together[k]["result"] for k in range(len(jobs))] == alone
+    assert len({json.dumps(a["choices"][0]["message"]) for a in alone[:5]}) == 5  # the adapters do differ
+
+
+def test_a_request_arriving_mid_decode_joins_the_batch_and_finishes_before_the_long_one(engine, models):
+    long = ("adapter1", {"messages": QUESTION, "temperature": 0, "max_tokens": 60})
+    short = ("adapter2", {"messages": QUESTION, "temperature": 0, "max_tokens": 5})
+    out = batched(engine, [long, short], join_at={1: 10})
+    assert out[1]["step"] < out[0]["step"] == 60  # joined at step 10, ended 5 steps later, not after the long one
+    assert out[1]["result"] == chat_alone(engine, *short) and out[0]["result"] == chat_alone(engine, *long)
+    assert engine._batches == {}  # finished rows left: nothing is held
+
+
+def chat_alone(engine, adapter, request):
+    return engine.chat(str(MODELS["base"]), adapter and str(MODELS[adapter]), request)
 
 
 # ---- tools ---------------------------------------------------------------------------------------------------------
