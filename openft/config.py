@@ -51,8 +51,8 @@ class Settings(BaseSettings):
         "completion bound, times n, summed. Requests that do not fit wait for running ones to finish."
     )
     inference_max_queue: int = Field(
-        64, ge=0, description="Requests that may wait per inference worker beyond a full batch; more are answered "
-        "503 with Retry-After."
+        64, ge=0, description="Rows (choices of requests) that may wait per inference worker beyond a full batch; "
+        "a request that would exceed it is answered 503 with Retry-After."
     )
     inference_request_timeout: float = Field(
         600.0, gt=0, description="Seconds a chat completion may take before it is stopped and answered 504."

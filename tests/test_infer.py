@@ -8,6 +8,7 @@ they change the output. The worker is a real subprocess driven through the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -406,6 +407,102 @@ def test_the_client_drives_a_real_worker_process(engine, models, tmp_path):
 
     asyncio.run(scenario())
     assert "Traceback" not in log.read_text()
+
+
+def worker_client(tmp_path, **settings) -> InferenceClient:
+    return InferenceClient(env={**os.environ, "PYTHONPATH": str(REPO)}, log_path=tmp_path / "worker.log", **settings)
+
+
+def test_streams_through_one_worker_interleave_and_each_equals_its_request_alone(engine, models, tmp_path):
+    jobs = [("adapter1", 40), (None, 30), ("adapter3", 35), ("adapter4", 25)]
+    requests = [{"messages": QUESTION, "temperature": 0, "max_tokens": k} for _, k in jobs]
+    alone = [chat_alone(engine, adapter, request) for (adapter, _), request in zip(jobs, requests)]
+    arrivals: list[int] = []
+
+    async def read(client, k):
+        model = {"base": str(models["base"]), "adapter": jobs[k][0] and str(models[jobs[k][0]])}
+        text = ""
+        async for event in client.chat_stream(model, requests[k]):
+            arrivals.append(k)
+            text += event.get("delta", {}).get("content", "")
+        return text
+
+    async def scenario():
+        client = worker_client(tmp_path)
+        try:
+            await client.ping()
+            return await asyncio.gather(*(read(client, k) for k in range(len(jobs))))
+        finally:
+            await client.close()
+
+    texts = asyncio.run(scenario())
+    assert texts == [a["choices"][0]["message"]["content"] for a in alone]
+    first_end = max(i for i, k in enumerate(arrivals) if k == 0)
+    assert {k for k in arrivals[:first_end]} == {0, 1, 2, 3}  # all four streamed while the first one still ran
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_its_request_retried(engine, models, tmp_path):
+    model = {"base": str(models["base"]), "adapter": str(models["adapter2"])}
+    request = {"messages": QUESTION, "temperature": 0, "max_tokens": 150}
+    expected = chat_alone(engine, "adapter2", request)
+
+    async def scenario():
+        client = worker_client(tmp_path, stall_timeout=2)
+        try:
+            await client.ping()
+            pid = client.worker_pid
+            stream = client.chat_stream(model, request)
+            await anext(stream)
+            plain = asyncio.ensure_future(client.chat(model, request))
+            while client.in_flight() < 2:
+                await asyncio.sleep(0.01)
+            os.kill(pid, signal.SIGSTOP)  # hung: alive, silent
+            with pytest.raises(InferenceError) as info:
+                async for _ in stream:
+                    pass
+            assert (info.value.status, info.value.code) == (503, "inference_worker_lost")
+            assert await plain == expected  # retried once on a fresh worker
+            assert client.worker_pid not in (None, pid)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_past_capacity_a_request_gets_503_with_retry_after_and_past_the_timeout_504(engine, models, tmp_path):
+    model = {"base": str(models["base"]), "adapter": None}
+    short = {"messages": QUESTION, "max_tokens": 2}
+    long = {"messages": QUESTION, "temperature": 0, "max_tokens": 1900, "n": 16}  # far more than 2 s of work
+
+    async def scenario():
+        client = worker_client(tmp_path, max_batch_rows=16, max_queue=0, request_timeout=2)
+        try:
+            for _ in range(30):  # the first requests may time out while the worker loads torch and the model
+                with contextlib.suppress(InferenceError):
+                    await client.chat(model, short)
+                    break
+            running = asyncio.ensure_future(client.chat(model, long))
+            while client.in_flight() < 1:
+                await asyncio.sleep(0.01)
+            with pytest.raises(InferenceError) as info:
+                await client.chat(model, short)
+            assert (info.value.status, info.value.code, info.value.retry_after) == (503, "server_overloaded", 1)
+            with pytest.raises(InferenceError) as info:
+                await running
+            assert (info.value.status, info.value.code) == (504, "timeout")
+            assert client.in_flight() == 0
+            assert (await client.chat(model, short))["usage"]["completion_tokens"] == 2  # its rows were freed
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert "cancelled" in (tmp_path / "worker.log").read_text()  # the worker stopped the timed-out request
+
+
+def test_without_max_tokens_generation_stops_at_the_default_bound(models):
+    bounded = Engine(default_max_tokens=7)
+    result = bounded.chat(str(models["base"]), None, {"messages": QUESTION, "temperature": 0})
+    assert result["usage"]["completion_tokens"] == 7 and result["choices"][0]["finish_reason"] == "length"
 
 
 def test_the_api_side_imports_no_torch_and_the_worker_no_web_stack():

@@ -12,14 +12,15 @@ requests for one base batch together) unless another has fewer requests in hand.
     await client.close()
 
 Failures raise ``InferenceError`` in OpenAI's error shape, with the HTTP status to answer: 400 for a bad request,
-503 (with ``retry_after``) when every worker already holds ``max_batch_rows + max_queue`` requests or a worker was
-lost, 504 past ``request_timeout``, 500 otherwise. A stream's request errors arrive at the first ``__anext__``, before
+503 (with ``retry_after``) when the worker it would go to already holds ``max_batch_rows + max_queue`` rows (choices
+of running or waiting requests) or a worker was lost, 504 past ``request_timeout``, 500 otherwise. A stream's request errors arrive at the first ``__anext__``, before
 any event, so a caller can still answer with a plain error response.
 
 Robustness. A caller that stops reading (a client disconnected, a cancelled task) makes the client tell the worker
 to cancel that request at once, freeing its batch rows. A worker that dies is replaced by the next request; its
 in-flight non-streamed requests are retried once on the fresh worker, its streams end with a 503. A worker that says
-nothing (no reply, no heartbeat) for ``stall_timeout`` seconds while it has requests in hand is hung: it is killed
+nothing (no reply, no heartbeat) for ``stall_timeout`` seconds while it has requests in hand, and is not starting
+or loading a model, is hung: it is killed
 and handled as dead.
 """
 
@@ -75,7 +76,7 @@ class InferenceClient:
                 command += [flag, str(value)]
         self._workers = [_Worker(command, None if env is None else dict(env), log_path, stall_timeout)
                          for _ in range(workers)]
-        self._capacity = (max_batch_rows or 32) + max_queue  # requests one worker may hold, running or waiting
+        self._capacity = (max_batch_rows or 32) + max_queue  # rows one worker may hold, running or waiting
         self._timeout = request_timeout
         self._affinity: dict[str, _Worker] = {}  # base model -> the worker that last served it
 
@@ -103,7 +104,7 @@ class InferenceClient:
 
     async def ping(self) -> dict:
         """Start the first worker if needed and wait for its answer: ``{"pong": True}``."""
-        async with self._call(self._workers[0], {"op": "ping"}) as replies:
+        async with self._call(None, {"op": "ping"}) as replies:
             return _result(await replies.next())
 
     async def chat(self, model: dict, request: dict) -> dict:
@@ -112,7 +113,7 @@ class InferenceClient:
         message = {"op": "chat", "model": model, "request": {**request, "stream": False}}
         for attempt in (1, 2):
             try:
-                async with self._call(self._route(model), message) as replies:
+                async with self._call(model, message) as replies:
                     return _result(await replies.next())
             except WorkerLost:
                 if attempt == 2:  # nothing of a non-streamed answer was seen: one retry on a fresh worker
@@ -123,7 +124,7 @@ class InferenceClient:
         """A streamed chat completion: ``{"index", "delta"[, "finish_reason"]}`` events, then
         ``{"done": True, "finish_reason", "usage"}``."""
         message = {"op": "chat", "model": model, "request": {**request, "stream": True}}
-        async with self._call(self._route(model), message) as replies:
+        async with self._call(model, message) as replies:
             while True:
                 reply = await replies.next()
                 if "ok" in reply:
@@ -139,33 +140,40 @@ class InferenceClient:
 
     # ---- internals -----------------------------------------------------------------------------------------------
 
-    def _route(self, model: dict) -> _Worker:
+    def _route(self, model: dict, rows: int) -> _Worker:
         base = json.dumps([model.get("base"), model.get("parents") or []])
-        least = min(self._workers, key=lambda w: len(w.replies))
+        least = min(self._workers, key=lambda w: w.rows)
         worker = self._affinity.get(base, least)
-        if len(worker.replies) > len(least.replies) + 1:  # busier than it is worth for a shared batch
+        if worker.rows > least.rows + rows:  # busier than it is worth for a shared batch
             worker = least
-        if len(worker.replies) >= self._capacity:
+        if worker.rows and worker.rows + rows > self._capacity:
             raise InferenceError("The inference workers are at capacity; retry the request shortly.",
                                  code="server_overloaded", status=503, retry_after=1)
         self._affinity[base] = worker
         return worker
 
-    def _call(self, worker: _Worker, message: dict) -> _Call:
-        return _Call(worker, message, time.monotonic() + self._timeout)
+    def _call(self, model: dict | None, message: dict) -> _Call:
+        rows = (message.get("request") or {}).get("n") or 1
+        worker = self._workers[0] if model is None else self._route(model, rows if isinstance(rows, int) else 1)
+        return _Call(worker, message, rows, time.monotonic() + self._timeout)
 
 
 class _Call:
     """One request in flight on one worker: ``async with`` sends it, ``next()`` awaits its replies, and leaving the
     block before its last reply (the caller went away, or timed out) cancels it in the worker."""
 
-    def __init__(self, worker: _Worker, message: dict, deadline: float):
-        self.worker, self.message, self.deadline = worker, message, deadline
+    def __init__(self, worker: _Worker, message: dict, rows: int, deadline: float):
+        self.worker, self.message, self.rows, self.deadline = worker, message, rows, deadline
         self.rid = uuid.uuid4().hex
         self.finished = False
+        worker.rows += rows  # counted from now: the capacity check and the send must not be split by an await
 
     async def __aenter__(self) -> _Call:
-        self.queue = await self.worker.send(self.rid, self.message)
+        try:
+            self.queue = await self.worker.send(self.rid, self.message)
+        except BaseException:
+            self.worker.rows -= self.rows
+            raise
         return self
 
     async def next(self) -> dict:
@@ -183,6 +191,7 @@ class _Call:
         return reply
 
     async def __aexit__(self, *exc_info) -> None:
+        self.worker.rows -= self.rows
         self.worker.replies.pop(self.rid, None)
         if not self.finished:
             self.worker.cancel(self.rid)
@@ -195,8 +204,10 @@ class _Worker:
         self.command, self.env, self.log_path, self.stall_timeout = command, env, log_path, stall_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.replies: dict[str, asyncio.Queue] = {}  # request id -> its reply lines
+        self.rows = 0  # choices of the requests in hand (running or waiting in the worker)
         self.exit_code: int | None = None
         self.heard = time.monotonic()  # when the worker last said anything
+        self.loading = False  # starting, or loading a model: silence is expected, not a hang
         self._tasks: set[asyncio.Task] = set()
         self._starting = asyncio.Lock()
 
@@ -250,7 +261,7 @@ class _Worker:
             finally:
                 if log is not None:
                     log.close()
-            self.heard = time.monotonic()
+            self.heard, self.loading = time.monotonic(), True
             for job in (self._read(self.proc), self._watch(self.proc)):
                 task = asyncio.get_running_loop().create_task(job)
                 self._tasks.add(task)
@@ -261,6 +272,7 @@ class _Worker:
         while line := await proc.stdout.readline():
             self.heard = time.monotonic()
             reply = json.loads(line)
+            self.loading = bool(reply.get("loading"))
             queue = self.replies.get(reply.get("id"))
             if queue is not None:
                 queue.put_nowait(reply)
@@ -269,7 +281,7 @@ class _Worker:
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         while proc.returncode is None:
             await asyncio.sleep(min(1.0, self.stall_timeout / 4))
-            if self.replies and time.monotonic() - self.heard > self.stall_timeout:
+            if self.replies and not self.loading and time.monotonic() - self.heard > self.stall_timeout:
                 print(f"openft: inference worker {proc.pid} silent for {self.stall_timeout:g}s; killing it",
                       file=sys.stderr, flush=True)
                 await self._lost(proc)

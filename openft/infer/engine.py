@@ -103,6 +103,7 @@ class Engine:
         self._batches: dict[str, Batch] = {}  # base key -> its running rows
         self._waiting: list[_Request] = []  # submitted, not yet admitted (first come, first served)
         self._running: dict[str, _Request] = {}
+        self.on_load: Callable[[], None] = lambda: None  # called before a model loads from disk (it may take long)
 
     # ---- the batching loop -----------------------------------------------------------------------------------------
 
@@ -316,6 +317,7 @@ class Engine:
             self._bases.move_to_end(key)
             return self._bases[key]
         folder = str(Path(path).resolve())
+        self.on_load()
         if not (Path(folder) / "config.json").is_file():
             raise InvalidRequest(f"Model files not found: {path}", param="model", code="model_not_found")
         for parent in parents:
@@ -344,6 +346,7 @@ class Engine:
         return base
 
     def _load_adapter(self, key: str, base: _Base, path: str, name: str) -> None:
+        self.on_load()
         if not (Path(path) / "adapter_config.json").is_file():
             raise InvalidRequest(f"Adapter files not found: {path}", param="model", code="model_not_found")
         with warnings.catch_warnings():  # a transformers deprecation that PEFT trips over; nothing to act on

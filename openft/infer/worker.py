@@ -22,6 +22,7 @@ interleave)::
                                                                                          line that is not JSON
     {"id": null, "beat": true}       at least once a second while requests run: the worker is alive (a client that
                                      hears nothing for long while it waits can tell a hung worker from a slow one)
+    {"id": null, "loading": true}    before loading torch or a model, which may take long; the next line ends it
 
 Error types: ``invalid_request_error`` for a bad request (the caller's 400), ``server_error`` for anything else;
 a cancelled request ends with code ``cancelled``. A cancel for a request that is no longer running gets no reply.
@@ -104,7 +105,10 @@ def _handle(line: bytes, engine, args, out):
             print(f"request {rid} cancelled", file=sys.stderr, flush=True)
             _send(out, _error(rid, "server_error", "The request was cancelled.", code="cancelled"))
     elif op == "chat":
-        engine = engine or _engine(args)
+        if engine is None:
+            _send(out, {"id": None, "loading": True})
+            engine = _engine(args)
+            engine.on_load = lambda: _send(out, {"id": None, "loading": True})
         _submit(engine, rid, message, out)
     else:
         _send(out, _error(rid, "invalid_request_error", f"Unknown op: {op!r}", param="op"))
