@@ -24,9 +24,6 @@ from openft.services import Services
 from openft.store import Scope
 
 
-DISCONNECT_POLL_SECONDS = 0.5  # how often a waiting non-streamed request checks that its caller is still there
-
-
 class InferenceFailed(APIError):
     """An error from the inference worker, rendered in the same envelope as every other error."""
 
@@ -52,10 +49,10 @@ def _model(svc: Services, who: Scope, body: dict) -> tuple[str, dict]:
 
 
 async def complete(svc: Services, client: InferenceClient, who: Scope, body: dict,
-                   disconnected: Callable[[], Awaitable[bool]] | None = None):
-    """A ``chat.completion`` dict, or (``stream: true``) an async iterator of SSE lines. ``disconnected`` tells
-    whether the caller went away: a non-streamed generation is then stopped rather than finished for nobody (a
-    stream stops when its reader does)."""
+                   gone: Callable[[], Awaitable[None]] | None = None):
+    """A ``chat.completion`` dict, or (``stream: true``) an async iterator of SSE lines. ``gone`` returns when the
+    caller disconnects: a non-streamed generation is then stopped rather than finished for nobody (a stream stops
+    when its reader does)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     params = parse_chat_request(body)
@@ -63,7 +60,7 @@ async def complete(svc: Services, client: InferenceClient, who: Scope, body: dic
     completion_id, created = "chatcmpl-" + secrets.token_hex(12), now()
     if not params.stream:
         try:
-            result = await _unless_gone(client.chat(model, body), disconnected)
+            result = await _unless_gone(client.chat(model, body), gone)
         except InferenceError as err:
             raise InferenceFailed(err) from None
         choices = [{**c, "logprobs": None} for c in result["choices"]]
@@ -78,19 +75,20 @@ async def complete(svc: Services, client: InferenceClient, who: Scope, body: dic
     return _sse(events, first, params.n, usage, {"id": completion_id, "created": created, "model": name})
 
 
-async def _unless_gone(work: Awaitable[dict], disconnected: Callable[[], Awaitable[bool]] | None) -> dict:
-    """Await ``work``, cancelling it (which cancels the generation in the worker) if the caller disconnects."""
+async def _unless_gone(work: Awaitable[dict], gone: Callable[[], Awaitable[None]] | None) -> dict:
+    """Await ``work``, cancelling it (which cancels the generation in the worker) if the caller goes away first."""
     task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(gone()) if gone is not None else None
     try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
-            if not task.done() and disconnected is not None and await disconnected():
-                raise ClientGone("The client disconnected; the generation was stopped.")
+        await asyncio.wait({task} | ({watch} if watch else set()), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone("The client disconnected; the generation was stopped.")
         return task.result()
     finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, watch):
+            if pending is not None and not pending.done():
+                pending.cancel()
+        await asyncio.gather(*(t for t in (task, watch) if t is not None), return_exceptions=True)
 
 
 async def _sse(events: AsyncIterator[dict], first: dict, n: int, include_usage: bool, head: dict):

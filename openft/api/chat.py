@@ -22,7 +22,13 @@ async def create_chat_completion(request: Request, who: Scope = Depends(scope), 
         body = json.loads(await request.body())
     except ValueError:
         raise InvalidRequest("The request body is not valid JSON.") from None
-    result = await sampling.complete(svc, request.app.state.inference, who, body, request.is_disconnected)
+    result = await sampling.complete(svc, request.app.state.inference, who, body, lambda: _disconnect(request))
     if isinstance(result, dict):
         return result
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
