@@ -32,7 +32,9 @@ from openft.errors import InvalidRequest  # noqa: E402
 from openft.export import export_archive, export_model  # noqa: E402
 from openft.infer.client import InferenceClient, InferenceError  # noqa: E402
 from openft.infer.engine import Engine  # noqa: E402
-from openft.infer.text import Choice as _Choice, Detokenizer as _Detokenizer  # noqa: E402
+from openft.infer.text import Answer, finish_events  # noqa: E402
+from openft.infer.text import Choice as _Choice  # noqa: E402
+from openft.infer.text import Detokenizer as _Detokenizer  # noqa: E402
 from openft.chatformat import parse_tool_calls  # noqa: E402
 from tests.tinymodel import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
 
@@ -298,6 +300,68 @@ def test_a_generated_tool_call_streams_content_first_then_the_call(models):
     rest, calls, finish_reason = choice.finish("stop")
     assert "".join(pieces) + rest == "Sure."
     assert (finish_reason, calls[0]["function"]["arguments"]) == ("tool_calls", '{"city": "Paris"}')
+
+
+def test_streamed_tool_calls_are_openai_deltas_that_the_sdks_accumulator_rebuilds(models):
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from openft.sampling import _sse
+
+    tokenizer = AutoTokenizer.from_pretrained(models["base"])
+    text = ('Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>')
+    choice = _Choice(tokenizer, (), tools=True)
+    events = [{"index": 0, "delta": {"content": piece}} for piece in
+              (choice.push(t, False) for t in tokenizer(text, add_special_tokens=False)["input_ids"]) if piece]
+    events += list(finish_events(0, choice, "stop"))
+    deltas = [e["delta"]["tool_calls"][0] for e in events if "tool_calls" in e["delta"]]
+    assert [set(d) for d in deltas] == [{"index", "id", "type", "function"}, {"index", "function"}] * 2
+    assert deltas[0]["function"]["arguments"] == "" and deltas[1]["function"] == {"arguments": '{"city": "Paris"}'}
+
+    async def sse_lines():
+        async def rest():
+            for event in events[1:] + [{"done": True, "finish_reason": "tool_calls", "usage": None}]:
+                yield event
+        return [line async for line in _sse(rest(), events[0], 1, False, {"id": "c", "created": 0, "model": "m"})]
+
+    state = ChatCompletionStreamState(input_tools=[WEATHER_TOOL])
+    for line in asyncio.run(sse_lines()):
+        if line.startswith("data: {"):
+            state.handle_chunk(ChatCompletionChunk.model_validate_json(line[6:]))
+    final = state.get_final_completion().choices[0]
+    assert final.finish_reason == "tool_calls" and final.message.content == "Sure."
+    assert [(c.function.name, c.function.arguments) for c in final.message.tool_calls] == [
+        ("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]
+    assert [c["function"]["arguments"] for c in _answer(events)["tool_calls"]] == ['{"city": "Paris"}', "{}"]
+
+
+def _answer(events) -> dict:
+    answer = Answer(1)
+    for event in events:
+        answer.add(event)
+    return answer.result(None)["choices"][0]["message"]
+
+
+def test_tool_choice_required_or_named_opens_the_call_and_bad_choices_are_400s(engine, models):
+    base = str(models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(models["base"])
+    named = {"messages": QUESTION, "tools": [WEATHER_TOOL],
+             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    prompt = tokenizer.decode(engine.prompt_ids(base, named))
+    assert prompt.endswith('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": ')
+    required = tokenizer.decode(engine.prompt_ids(base, {**named, "tool_choice": "required"}))
+    assert required.endswith("<|im_start|>assistant\n<tool_call>\n")
+    # The tiny random model writes no valid JSON after the opening: the text still shows the enforced call.
+    message = chat(engine, models, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=5)
+    assert message["choices"][0]["message"]["content"].startswith("<tool_call>\n")
+    for choice, words in (("required", "needs at least one tool"), ({"type": "function", "function": {
+            "name": "nope"}}, "not in 'tools'"), ("sometimes", "must be 'none', 'auto', 'required'")):
+        request = {"messages": QUESTION, "tool_choice": choice,
+                   **({"tools": [WEATHER_TOOL]} if choice != "required" else {})}
+        with pytest.raises(InvalidRequest) as info:
+            engine.chat(base, None, request)
+        assert info.value.param == "tool_choice" and words in info.value.message
 
 
 def test_tools_reach_the_prompt_through_the_fallback_block_unless_tool_choice_is_none(engine, models):

@@ -180,7 +180,8 @@ class Engine:
         except InvalidRequest as exc:
             req.emit(_error(exc.message, "invalid_request_error", exc.param, exc.code))
             return True
-        choices = [Choice(base.tokenizer, req.params.stop, req.params.tools is not None) for _ in range(req.params.n)]
+        choices = [Choice(base.tokenizer, req.params.stop, req.params.tools is not None, req.params.forced_call or "")
+                   for _ in range(req.params.n)]
         req.key = key
         req.group = Group(req.rid, name, prompt, choices, max_tokens, req.params.temperature, req.params.top_p,
                           self._generator(req.params.seed), cost)
@@ -291,6 +292,12 @@ class Engine:
         except Exception as exc:  # jinja's TemplateError (e.g. a template's raise_exception), or no template at all
             raise InvalidRequest(f"The model's chat template cannot render these messages: {exc}",
                                  param="messages") from exc
+        if params.forced_call:
+            if base.native_tools:  # its own call format is not one this server can open for it
+                raise InvalidRequest("tool_choice 'required' or a named function cannot be enforced for this model "
+                                     "(its chat template has its own tool-call format); use 'auto'.",
+                                     param="tool_choice", code="unsupported_parameter")
+            text += params.forced_call
         return base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _max_tokens(self, base: _Base, prompt_tokens: int, requested: int | None) -> int:

@@ -51,10 +51,11 @@ class Detokenizer:
 class Choice:
     """One choice's text: stop strings, what may be released to a stream, and the final message."""
 
-    def __init__(self, tokenizer, stop: tuple[str, ...], tools: bool):
+    def __init__(self, tokenizer, stop: tuple[str, ...], tools: bool, opening: str = ""):
+        """``opening``: text the prompt already started the turn with (an enforced tool call), part of the answer."""
         self.detokenizer = Detokenizer(tokenizer)
         self.stop, self.tools = stop, tools
-        self.text = ""
+        self.text = opening
         self.sent = 0  # characters of ``text`` released so far
         self.ids: list[int] = []  # every generated token, an end-of-sequence token included
         self.stopped = False  # an end-of-sequence token or a stop string ended it
@@ -122,11 +123,17 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 
 def finish_events(index: int, choice: Choice, reason: str) -> Iterator[dict]:
+    """A choice's last events: the rest of its content, its tool calls as OpenAI streams them (per call, a delta
+    with its id, type and name and empty arguments, then one with the arguments), and its finish_reason."""
     rest, calls, finish_reason = choice.finish(reason)
     if rest:
         yield {"index": index, "delta": {"content": rest}}
-    if calls:
-        yield {"index": index, "delta": {"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]}}
+    for k, call in enumerate(calls):
+        head = {"index": k, "id": call["id"], "type": call["type"],
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        yield {"index": index, "delta": {"tool_calls": [head]}}
+        yield {"index": index, "delta": {"tool_calls": [{"index": k, "function": {
+            "arguments": call["function"]["arguments"]}}]}}
     yield {"index": index, "delta": {}, "finish_reason": finish_reason}
 
 
@@ -140,9 +147,12 @@ class Answer:
     def add(self, event: dict) -> None:
         choice = self.choices[event["index"]]
         choice["message"]["content"] += event["delta"].get("content", "")
-        if "tool_calls" in event["delta"]:
-            calls = [{k: v for k, v in call.items() if k != "index"} for call in event["delta"]["tool_calls"]]
-            choice["message"]["tool_calls"] = calls
+        for delta in event["delta"].get("tool_calls", []):  # a new call (with its id), or more of its arguments
+            calls = choice["message"].setdefault("tool_calls", [])
+            if "id" in delta:
+                calls.append({k: v for k, v in delta.items() if k != "index"})
+            else:
+                calls[delta["index"]]["function"]["arguments"] += delta["function"]["arguments"]
         if event.get("finish_reason"):
             choice["finish_reason"] = event["finish_reason"]
 
