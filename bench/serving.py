@@ -16,7 +16,7 @@ both runs generate the same tokens; the script checks that the answers are ident
 * single-request latency (one request alone, the batch of one) vs the mean latency of a request in the one-at-a-time
   run (the same work without batching), and their ratio.
 
-``--backend vllm`` runs the same measurement with ``OPENFT_INFERENCE_BACKEND=vllm`` (a CUDA machine with vLLM).
+``--backend vllm`` runs the same measurement on vLLM (a CUDA machine with vLLM installed).
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ async def measure(args, base: Path, adapters: list[str]) -> None:
     from openft.infer.client import InferenceClient
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    if args.backend == "vllm":
-        env["OPENFT_INFERENCE_BACKEND"] = "vllm"
-    client = InferenceClient(env=env, max_batch_rows=max(32, args.requests), request_timeout=3600)
+    client = InferenceClient(env=env, backend=args.backend, max_batch_rows=max(32, args.requests),
+                             request_timeout=3600)
     jobs = [({"base": str(base), "adapter": adapters[k % len(adapters)]},
              {"messages": [{"role": "user", "content": QUESTIONS[k % len(QUESTIONS)] + f" (#{k})"}],
               "temperature": 0, "max_tokens": args.max_tokens}) for k in range(args.requests)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
         "used ones are dropped first)."
     )
     inference_max_bases: int = Field(2, ge=1, description="Base models the inference worker keeps loaded at once.")
+    inference_backend: Literal["auto", "cpu", "vllm"] = Field(
+        "auto", description="What generates: 'cpu' is openft's own batching engine (torch; on a GPU too when one "
+        "is present), 'vllm' is vLLM on a CUDA GPU, 'auto' is vllm where CUDA and vLLM are both present, else cpu."
+    )
     inference_workers: int = Field(
         1, ge=1, description="Inference worker processes; each batches its own requests and keeps its own model cache "
         "within the limits above."

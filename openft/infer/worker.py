@@ -1,6 +1,6 @@
 """The inference worker: one long-lived process that owns an ``Engine`` and answers many requests from the API process
 at once, as newline-delimited JSON on stdin/stdout (``python -m openft.infer [--max-adapter-bytes N] [--max-bases N]
-[--default-max-tokens N] [--max-batch-rows N] [--max-batch-tokens N]``). It imports torch but never the web stack
+[--default-max-tokens N] [--max-batch-rows N] [--max-batch-tokens N] [--backend auto|cpu|vllm]``). It imports torch but never the web stack
 or SQL.
 
 Requests (one JSON object a line on stdin)::
@@ -52,6 +52,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m openft.infer")
     for flag in ("max-adapter-bytes", "max-bases", "default-max-tokens", "max-batch-rows", "max-batch-tokens"):
         parser.add_argument(f"--{flag}", type=int, default=None)
+    parser.add_argument("--backend", choices=["auto", "cpu", "vllm"], default="auto")
     args = parser.parse_args(argv)
     out = _protocol_stdout()
     lines: queue.Queue[bytes | None] = queue.Queue()
@@ -116,11 +117,17 @@ def _handle(line: bytes, engine, args, out):
 
 
 def _engine(args):
-    from openft.infer.engine import Engine  # torch loads at the first chat
+    """The torch engine, or vLLM's (``--backend vllm``, or ``auto`` where CUDA and vLLM are present)."""
+    from openft.infer import vllm_engine  # torch loads at the first chat
 
     limits = {name: getattr(args, name) for name in
               ("max_adapter_bytes", "max_bases", "default_max_tokens", "max_batch_rows", "max_batch_tokens")}
-    return Engine(**{key: value for key, value in limits.items() if value is not None})
+    limits = {key: value for key, value in limits.items() if value is not None}
+    if args.backend == "vllm" or (args.backend == "auto" and vllm_engine.available()):
+        return vllm_engine.VllmEngine(**limits)
+    from openft.infer.engine import Engine
+
+    return Engine(**limits)
 
 
 def _submit(engine, rid, message: dict, out) -> None:
