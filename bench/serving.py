@@ -13,8 +13,9 @@ they learned). Every request is greedy with a fixed ``max_tokens`` and ``ignore_
 both runs generate the same tokens; the script checks that the answers are identical and prints:
 
 * aggregate generated tokens/s, concurrent vs one at a time, and their ratio;
-* single-request latency (one request alone, the batch of one) vs the mean latency of a request in the one-at-a-time
-  run (the same work without batching), and their ratio.
+* single-request latency: one request alone through the batching engine (a batch of one, PEFT's mixed-adapter
+  forward) vs the same request through the decoding loop the worker used before batching (the adapter selected with
+  ``set_adapter``, a plain forward per token), both in this process on the same loaded model, and their ratio.
 
 ``--backend vllm`` runs the same measurement on vLLM (a CUDA machine with vLLM installed).
 """
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the worker does: idle OpenMP threads sleep, not spin
 import statistics
 import sys
 import tempfile
@@ -88,20 +91,64 @@ async def measure(args, base: Path, adapters: list[str]) -> None:
         start = time.perf_counter()
         together = await asyncio.gather(*(one(*job) for job in jobs))
         together_time = time.perf_counter() - start
-        alone = [(await one(*jobs[0]))[1] for _ in range(3)]
     finally:
         await client.close()
 
     same = [a["choices"] for a, _ in serial] == [b["choices"] for b, _ in together]
     tokens = sum(r["usage"]["completion_tokens"] for r, _ in serial)
     serial_rate, together_rate = tokens / serial_time, tokens / together_time
-    latency, serial_latency = statistics.median(alone), statistics.mean(t for _, t in serial)
     print(f"{args.requests} requests over {len(adapters)} adapters, {args.max_tokens} tokens each, "
           f"backend {args.backend}, {tokens} tokens generated; answers identical: {same}")
     print(f"one at a time : {serial_rate:8.1f} tokens/s ({serial_time:.1f} s)")
     print(f"concurrent    : {together_rate:8.1f} tokens/s ({together_time:.1f} s)  -> {together_rate / serial_rate:.2f}x")
-    print(f"single-request latency alone {latency:.2f} s vs {serial_latency:.2f} s per request one at a time "
-          f"-> {latency / serial_latency:.2f}x")
+    print(f"mean latency per request: one at a time {statistics.mean(t for _, t in serial):.2f} s, "
+          f"concurrent {statistics.mean(t for _, t in together):.2f} s")
+
+
+def single_request_latency(base: Path, adapter: str, max_tokens: int) -> None:
+    """One request, batching engine (batch of one) vs the pre-batching loop, same process, same weights."""
+    import torch
+
+    from openft.infer.engine import Engine
+
+    engine = Engine()
+    request = {"messages": [{"role": "user", "content": QUESTIONS[0]}], "temperature": 0, "max_tokens": max_tokens}
+    engine.chat(str(base), adapter, {**request, "max_tokens": 1})  # load
+    batched, before = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        answer = engine.chat(str(base), adapter, request)
+        batched.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ids = _previous_loop(engine, base, adapter, request, max_tokens)
+        before.append(time.perf_counter() - start)
+    loaded = engine._bases[next(iter(engine._bases))]
+    same = loaded.tokenizer.decode(ids, skip_special_tokens=True).startswith(answer["choices"][0]["message"]["content"])
+    now, then = statistics.median(batched), statistics.median(before)
+    print(f"single-request latency ({max_tokens} tokens): batching engine {now:.2f} s vs previous loop {then:.2f} s "
+          f"-> {now / then:.2f}x (same tokens: {same}); torch threads {torch.get_num_threads()}")
+
+
+def _previous_loop(engine, base: Path, adapter: str, request: dict, max_tokens: int) -> list[int]:
+    """The worker's decoding before batching: select the adapter, prefill, then one plain forward per token."""
+    import torch
+
+    loaded = engine._bases[next(iter(engine._bases))]
+    loaded.peft.set_adapter(next(iter(loaded.peft.peft_config)))
+    with torch.inference_mode():
+        ids = torch.tensor([engine.prompt_ids(str(base), request)])
+        mask = torch.ones_like(ids)
+        out = loaded.model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        tokens = []
+        for step in range(max_tokens):
+            token = out.logits[:, -1].argmax(-1)
+            tokens.append(int(token))
+            if step + 1 == max_tokens or tokens[-1] in loaded.eos_ids:
+                break
+            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+            out = loaded.model(input_ids=token[:, None], attention_mask=mask, cache=out.cache, use_cache=True,
+                               logits_to_keep=1)
+    return tokens
 
 
 def main() -> int:
@@ -117,6 +164,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         adapters = make_adapters(base, args.adapters, Path(tmp))
         asyncio.run(measure(args, base, adapters))
+        if args.backend == "cpu":
+            single_request_latency(base, adapters[0], args.max_tokens)
     return 0
 
 
