@@ -563,6 +563,23 @@ def test_past_capacity_a_request_gets_503_with_retry_after_and_past_the_timeout_
     assert "cancelled" in (tmp_path / "worker.log").read_text()  # the worker stopped the timed-out request
 
 
+def test_an_adapter_that_fails_to_load_fails_its_request_only(engine, models, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("adapter_config.json",):
+        (broken / name).write_bytes((models["adapter1"] / name).read_bytes())
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    good = ("adapter2", {"messages": QUESTION, "temperature": 0, "max_tokens": 8})
+    replies: dict[str, dict] = {}
+    engine.submit("broken", str(models["base"]), str(broken), good[1], lambda e: replies.setdefault("broken", e))
+    engine.submit("good", str(models["base"]), str(models["adapter2"]), good[1],
+                  lambda e: replies.setdefault("good", e) if "ok" in e else None)
+    while engine.busy():
+        engine.step()
+    assert replies["broken"]["ok"] is False and replies["broken"]["error"]["type"] == "server_error"
+    assert replies["good"]["result"] == chat_alone(engine, *good)
+
+
 def test_without_max_tokens_generation_stops_at_the_default_bound(models):
     bounded = Engine(default_max_tokens=7)
     result = bounded.chat(str(models["base"]), None, {"messages": QUESTION, "temperature": 0})

@@ -31,6 +31,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import secrets
+import traceback
 import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -157,7 +158,7 @@ class Engine:
     def _admit(self, req: _Request) -> bool:
         """Start ``req`` if it fits now (True), or leave it waiting (False); a failure is emitted (True)."""
         key = _base_key(req.base, req.parents)
-        running = [r for r in self._running.values()]
+        running = list(self._running.values())
         if key not in self._bases and len(self._bases) >= self.max_bases and all(
                 self._batches.get(k) and self._batches[k].rows for k in self._bases):
             return False  # every loaded base is serving requests: wait for one to drain
@@ -179,6 +180,10 @@ class Engine:
                 self._in_use[(key, name)] += 1
         except InvalidRequest as exc:
             req.emit(_error(exc.message, "invalid_request_error", exc.param, exc.code))
+            return True
+        except Exception as exc:  # noqa: BLE001 - e.g. unreadable weights: this request fails, the others run on
+            traceback.print_exc()
+            req.emit(_error(f"Inference failed: {type(exc).__name__}: {exc}", "server_error"))
             return True
         choices = [Choice(base.tokenizer, req.params.stop, req.params.tools is not None, req.params.forced_call or "")
                    for _ in range(req.params.n)]
