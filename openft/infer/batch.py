@@ -2,7 +2,8 @@
 
 A ``Batch`` holds one row per choice of every running request (a ``Group``: ``n`` rows with their own sampling
 settings, generator and LoRA adapter). Each decode step is one forward pass of the base for all rows, each row
-through its own adapter (PEFT's mixed-adapter batches: ``adapter_names=[…]``, ``"__base__"`` for none). A request
+through its own adapter (PEFT's mixed-adapter batches: ``adapter_names=[…]``, ``"__base__"`` for none; a batch whose
+rows all use one adapter takes the plain forward with it active). A request
 joins between steps: its prompt is prefilled alone (exactly as if it ran by itself), then its KV cache is merged into
 the batch's by left-padding the shorter of the two; padding is masked out and every row keeps its own position ids,
 so a row computes what it would compute alone (up to the order of floating-point sums in batched kernels, which
@@ -136,10 +137,24 @@ class Batch:
         self.logits = torch.cat([self.logits, logits])
 
     def _forward(self, ids, mask, positions, cache, adapters: list[str | None]):
-        model = self.base.peft if self.base.peft is not None else self.base.model
-        kwargs = {"adapter_names": [a or BASE_ADAPTER for a in adapters]} if self.base.peft is not None else {}
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                          logits_to_keep=1, **kwargs)
+        """One forward pass. Rows of several adapters go through PEFT's mixed-adapter forward; when every row uses
+        the same one (or none), the plain forward with that adapter active does the same sums without the per-layer
+        row bookkeeping, as fast as a request served alone."""
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "cache": cache,
+                  "use_cache": True, "logits_to_keep": 1}
+        peft = self.base.peft
+        if peft is None:
+            return self.base.model(**inputs)
+        distinct = set(adapters)
+        if len(distinct) > 1:
+            return peft(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+        only = distinct.pop()
+        if only is None:
+            with peft.disable_adapter():
+                return self.base.model(**inputs)
+        if peft.active_adapter != only:
+            peft.set_adapter(only)
+        return self.base.model(**inputs)
 
     def _device(self) -> torch.device:
         return next(self.base.model.parameters()).device
