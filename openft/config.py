@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         1, ge=1, description="Inference worker processes; each batches its own requests and keeps its own model cache "
         "within the limits above."
     )
+    inference_threads: int | None = Field(
+        None, ge=1, description="CPU threads each inference worker computes with (default: torch's, every core). "
+        "Fewer leave cores to training jobs, bounding how much sampling slows them."
+    )
     inference_default_max_tokens: int = Field(
         1024, ge=1, description="Completion tokens per choice when a chat request sets neither max_tokens nor "
         "max_completion_tokens (never past the model's context)."

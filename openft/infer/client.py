@@ -62,15 +62,15 @@ class WorkerLost(InferenceError):
 class InferenceClient:
     def __init__(self, *, workers: int = 1, max_adapter_bytes: int | None = None, max_bases: int | None = None,
                  default_max_tokens: int | None = None, max_batch_rows: int | None = None,
-                 max_batch_tokens: int | None = None, max_queue: int = 64, request_timeout: float = 600.0,
-                 stall_timeout: float = 60.0, backend: str = "auto", env: Mapping[str, str] | None = None,
+                 max_batch_tokens: int | None = None, threads: int | None = None, max_queue: int = 64,
+                 request_timeout: float = 600.0, stall_timeout: float = 60.0, backend: str = "auto", env: Mapping[str, str] | None = None,
                  log_path: str | Path | None = None, python: str = sys.executable):
         """``env``: the workers' environment (default: this process's); ``log_path``: a file that receives the
         workers' stderr (default: this process's stderr). The other arguments are the settings of the same names."""
         command = [python, "-m", "openft.infer", "--backend", backend]
         flags = {"--max-adapter-bytes": max_adapter_bytes, "--max-bases": max_bases,
                  "--default-max-tokens": default_max_tokens, "--max-batch-rows": max_batch_rows,
-                 "--max-batch-tokens": max_batch_tokens}
+                 "--max-batch-tokens": max_batch_tokens, "--threads": threads}
         for flag, value in flags.items():
             if value is not None:
                 command += [flag, str(value)]
@@ -85,7 +85,8 @@ class InferenceClient:
         return cls(workers=settings.inference_workers, max_adapter_bytes=settings.inference_max_adapter_bytes,
                    max_bases=settings.inference_max_bases, default_max_tokens=settings.inference_default_max_tokens,
                    max_batch_rows=settings.inference_max_batch_rows,
-                   max_batch_tokens=settings.inference_max_batch_tokens, max_queue=settings.inference_max_queue,
+                   max_batch_tokens=settings.inference_max_batch_tokens, threads=settings.inference_threads,
+                   max_queue=settings.inference_max_queue,
                    request_timeout=settings.inference_request_timeout,
                    stall_timeout=settings.inference_stall_timeout, backend=settings.inference_backend, **kwargs)
 

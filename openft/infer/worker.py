@@ -1,7 +1,7 @@
 """The inference worker: one long-lived process that owns an ``Engine`` and answers many requests from the API process
 at once, as newline-delimited JSON on stdin/stdout (``python -m openft.infer [--max-adapter-bytes N] [--max-bases N]
-[--default-max-tokens N] [--max-batch-rows N] [--max-batch-tokens N] [--backend auto|cpu|vllm]``). It imports torch but never the web stack
-or SQL.
+[--default-max-tokens N] [--max-batch-rows N] [--max-batch-tokens N] [--threads N] [--backend auto|cpu|vllm]``).
+It imports torch but never the web stack or SQL.
 
 Requests (one JSON object a line on stdin)::
 
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     for flag in ("max-adapter-bytes", "max-bases", "default-max-tokens", "max-batch-rows", "max-batch-tokens"):
         parser.add_argument(f"--{flag}", type=int, default=None)
     parser.add_argument("--backend", choices=["auto", "cpu", "vllm"], default="auto")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     out = _protocol_stdout()
     lines: queue.Queue[bytes | None] = queue.Queue()
@@ -118,7 +119,12 @@ def _handle(line: bytes, engine, args, out):
 
 def _engine(args):
     """The torch engine, or vLLM's (``--backend vllm``, or ``auto`` where CUDA and vLLM are present)."""
+    import torch
+
     from openft.infer import vllm_engine  # torch loads at the first chat
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     limits = {name: getattr(args, name) for name in
               ("max_adapter_bytes", "max_bases", "default_max_tokens", "max_batch_rows", "max_batch_tokens")}
