@@ -57,10 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.enable_webhooks:
             dispatcher.start()
         # The inference worker (torch) starts at the first chat completion, never in this process.
-        app.state.inference = InferenceClient(
-            max_adapter_bytes=settings.inference_max_adapter_bytes, max_bases=settings.inference_max_bases,
-            log_path=settings.data_dir / "inference.log",
-        )
+        app.state.inference = InferenceClient.from_settings(settings, log_path=settings.data_dir / "inference.log")
         yield
         await app.state.inference.close()
         scheduler.stop()

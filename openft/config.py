@@ -60,6 +60,40 @@ class Settings(BaseSettings):
         "used ones are dropped first)."
     )
     inference_max_bases: int = Field(2, ge=1, description="Base models the inference worker keeps loaded at once.")
+    inference_backend: Literal["auto", "cpu", "vllm"] = Field(
+        "auto", description="What generates: 'cpu' is openft's own batching engine (torch; on a GPU too when one "
+        "is present), 'vllm' is vLLM on a CUDA GPU, 'auto' is vllm where CUDA and vLLM are both present, else cpu."
+    )
+    inference_workers: int = Field(
+        1, ge=1, description="Inference worker processes; each batches its own requests and keeps its own model cache "
+        "within the limits above."
+    )
+    inference_threads: int | None = Field(
+        None, ge=1, description="CPU threads each inference worker computes with (default: torch's, every core). "
+        "Fewer leave cores to training jobs, bounding how much sampling slows them."
+    )
+    inference_default_max_tokens: int = Field(
+        1024, ge=1, description="Completion tokens per choice when a chat request sets neither max_tokens nor "
+        "max_completion_tokens (never past the model's context)."
+    )
+    inference_max_batch_rows: int = Field(
+        32, ge=1, description="Rows (choices of running requests) one inference worker decodes together."
+    )
+    inference_max_batch_tokens: int = Field(
+        65536, ge=1, description="KV-cache budget of one inference worker in tokens: the running requests' prompt + "
+        "completion bound, times n, summed. Requests that do not fit wait for running ones to finish."
+    )
+    inference_max_queue: int = Field(
+        64, ge=0, description="Rows (choices of requests) that may wait per inference worker beyond a full batch; "
+        "a request that would exceed it is answered 503 with Retry-After."
+    )
+    inference_request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a chat completion may take before it is stopped and answered 504."
+    )
+    inference_stall_timeout: float = Field(
+        60.0, gt=0, description="Seconds an inference worker with requests in hand may stay silent (it beats every "
+        "second while it works) before it is taken as hung, killed and restarted."
+    )
     full_fine_tuning: bool = Field(
         False, description="Train every weight instead of a LoRA adapter (an extension: more memory, slower; the "
         "fine-tuned model is then a whole model folder)."

@@ -8,9 +8,10 @@ generation to the inference worker through ``InferenceClient``. This module shap
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -29,6 +30,13 @@ class InferenceFailed(APIError):
     def __init__(self, err: InferenceError):
         super().__init__(err.message, param=err.param, code=err.code)
         self.status, self.type = err.status, err.type
+        self.headers = {"retry-after": str(err.retry_after)} if err.retry_after is not None else {}
+
+
+class ClientGone(APIError):
+    """The caller disconnected before its answer was ready: the generation was stopped (nobody reads this)."""
+
+    status = 499
 
 
 def _model(svc: Services, who: Scope, body: dict) -> tuple[str, dict]:
@@ -40,8 +48,11 @@ def _model(svc: Services, who: Scope, body: dict) -> tuple[str, dict]:
     return name, {"base": str(ref.base_path), "adapter": adapter, "parents": ref.adapters[:-1]}
 
 
-async def complete(svc: Services, client: InferenceClient, who: Scope, body: dict):
-    """A ``chat.completion`` dict, or (``stream: true``) an async iterator of SSE lines."""
+async def complete(svc: Services, client: InferenceClient, who: Scope, body: dict,
+                   gone: Callable[[], Awaitable[None]] | None = None):
+    """A ``chat.completion`` dict, or (``stream: true``) an async iterator of SSE lines. ``gone`` returns when the
+    caller disconnects: a non-streamed generation is then stopped rather than finished for nobody (a stream stops
+    when its reader does)."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     params = parse_chat_request(body)
@@ -49,7 +60,7 @@ async def complete(svc: Services, client: InferenceClient, who: Scope, body: dic
     completion_id, created = "chatcmpl-" + secrets.token_hex(12), now()
     if not params.stream:
         try:
-            result = await client.chat(model, body)
+            result = await _unless_gone(client.chat(model, body), gone)
         except InferenceError as err:
             raise InferenceFailed(err) from None
         choices = [{**c, "logprobs": None} for c in result["choices"]]
@@ -62,6 +73,22 @@ async def complete(svc: Services, client: InferenceClient, who: Scope, body: dic
         raise InferenceFailed(err) from None
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return _sse(events, first, params.n, usage, {"id": completion_id, "created": created, "model": name})
+
+
+async def _unless_gone(work: Awaitable[dict], gone: Callable[[], Awaitable[None]] | None) -> dict:
+    """Await ``work``, cancelling it (which cancels the generation in the worker) if the caller goes away first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(gone()) if gone is not None else None
+    try:
+        await asyncio.wait({task} | ({watch} if watch else set()), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            raise ClientGone("The client disconnected; the generation was stopped.")
+        return task.result()
+    finally:
+        for pending in (task, watch):
+            if pending is not None and not pending.done():
+                pending.cancel()
+        await asyncio.gather(*(t for t in (task, watch) if t is not None), return_exceptions=True)
 
 
 async def _sse(events: AsyncIterator[dict], first: dict, n: int, include_usage: bool, head: dict):

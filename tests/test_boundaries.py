@@ -46,3 +46,18 @@ def test_readme_quickstart_is_the_quickstart_script():
     readme = (ROOT / "README.md").read_text()
     block = readme.split("## Quickstart (openai SDK)")[1].split("```python\n")[1].split("```\n")[0]
     assert block == (ROOT / "examples" / "quickstart.py").read_text()
+
+
+def test_training_and_inference_share_the_chat_format_and_never_import_each_other():
+    def openft_modules_after(code: str) -> set[str]:
+        out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('\\n'.join(sys.modules))"],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        return {m for m in out.stdout.split() if m.startswith("openft.")}
+
+    train = openft_modules_after("import openft.train.__main__, openft.train.sft, openft.train.dpo, "
+                                 "openft.train.rft, openft.train.data")
+    infer = openft_modules_after("import openft.infer.worker, openft.infer.engine, openft.infer.client, "
+                                 "openft.infer.request")
+    assert "openft.chatformat" in train and "openft.chatformat" in infer
+    assert not any(m.startswith("openft.infer") for m in train)
+    assert not any(m.startswith("openft.train") for m in infer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import signal
 import tarfile
+import time
 
 import httpx
 import openai
@@ -153,3 +154,51 @@ def test_continued_training_starts_from_the_parents_weights(trained):
     first = [e.data for e in all_events(acme, child.id) if e.type == "metrics"][0]
     assert first["step"] == 1 and first["train_loss"] == pytest.approx(parent_eval, rel=1e-4)
     assert child.fine_tuned_model.startswith("ft:tiny:acme::")
+
+
+def test_a_checkpoint_of_a_running_job_answers_chat_completions(trained):
+    acme = trained["c"]["acme"]
+    job = acme.fine_tuning.jobs.create(
+        model="tiny", training_file=upload(acme, chat_rows(12)), seed=3, suffix="live",
+        hyperparameters={"n_epochs": 50, "batch_size": 4, "learning_rate_multiplier": 20})
+    try:
+        deadline = time.time() + 180
+        while not (checkpoints := acme.fine_tuning.jobs.checkpoints.list(job.id).data):
+            assert time.time() < deadline and acme.fine_tuning.jobs.retrieve(job.id).status in (
+                "validating_files", "queued", "running")
+            time.sleep(0.2)
+        newest = checkpoints[0].fine_tuned_model_checkpoint
+        answer = acme.chat.completions.create(model=newest, messages=QUESTION, max_tokens=5, temperature=0)
+        assert answer.model == newest and answer.usage.completion_tokens > 0
+        assert acme.fine_tuning.jobs.retrieve(job.id).status == "running"  # it was sampled while training
+    finally:
+        acme.fine_tuning.jobs.cancel(job.id)
+        wait_for(acme, job.id, "cancelled")
+
+
+def test_a_client_that_goes_away_frees_its_generation(trained):
+    """Plain and streamed: the worker stops the request (it logs a cancel) instead of generating for nobody."""
+    server, log = trained["server"], trained["server"].data_dir / "inference.log"
+    url, headers = f"{server.url}/v1/chat/completions", {"authorization": f"Bearer {trained['keys']['acme']}"}
+    long = {"model": "tiny", "messages": QUESTION, "max_tokens": 1900, "n": 16, "temperature": 0}
+    trained["c"]["acme"].chat.completions.create(model="tiny", messages=QUESTION, max_tokens=1)  # worker warm
+
+    def cancels() -> int:
+        return log.read_text().count(" cancelled") if log.exists() else 0
+
+    def wait_for_cancel(before: int) -> None:
+        deadline = time.time() + 60
+        while cancels() == before:
+            assert time.time() < deadline, "the abandoned generation was not stopped"
+            time.sleep(0.2)
+
+    before = cancels()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json=long, headers=headers, timeout=3)
+    wait_for_cancel(before)
+
+    before = cancels()
+    with httpx.stream("POST", url, json={**long, "stream": True}, headers=headers, timeout=60) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())  # the first chunk, then hang up
+    wait_for_cancel(before)

@@ -8,6 +8,7 @@ they change the output. The worker is a real subprocess driven through the real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -30,8 +31,11 @@ from openft import jobdir  # noqa: E402
 from openft.errors import InvalidRequest  # noqa: E402
 from openft.export import export_archive, export_model  # noqa: E402
 from openft.infer.client import InferenceClient, InferenceError  # noqa: E402
-from openft.infer.engine import Engine, _Choice, _Detokenizer  # noqa: E402
-from openft.infer.request import parse_tool_calls  # noqa: E402
+from openft.infer.engine import Engine  # noqa: E402
+from openft.infer.text import Answer, finish_events  # noqa: E402
+from openft.infer.text import Choice as _Choice  # noqa: E402
+from openft.infer.text import Detokenizer as _Detokenizer  # noqa: E402
+from openft.chatformat import parse_tool_calls  # noqa: E402
 from tests.tinymodel import CHAT_TEMPLATE, build_tiny_model  # noqa: E402
 
 # PEFT, used directly below to make adapters, trips over a transformers deprecation; nothing for us to act on.
@@ -57,7 +61,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     model.save_pretrained(root / "base")
     AutoTokenizer.from_pretrained(tiny).save_pretrained(root / "base")
     paths = {"tiny": tiny, "base": root / "base"}
-    for seed in (1, 2):
+    for seed in (1, 2, 3, 4):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), LoraConfig(
@@ -65,7 +69,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
         paths[f"adapter{seed}"] = root / f"adapter{seed}"
         peft_model.save_pretrained(paths[f"adapter{seed}"])
         AutoTokenizer.from_pretrained(tiny).save_pretrained(paths[f"adapter{seed}"])  # as the trainer does
+    MODELS.update(paths)
     return paths
+
+
+MODELS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -214,6 +222,59 @@ def test_streaming_never_splits_a_multibyte_character(models):
     assert not any("\ufffd" in piece for piece in pieces)
 
 
+# ---- continuous batching ------------------------------------------------------------------------------------------
+
+
+def batched(engine, jobs: list[tuple[str | None, dict]], join_at: dict[int, int] | None = None) -> dict[int, dict]:
+    """Run ``jobs`` (adapter, request) through one engine together; job k is submitted before decode step
+    ``join_at[k]`` (default 0). Returns each job's final reply and the step at which it finished."""
+    join_at, replies, finished = join_at or {}, {}, {}
+
+    def emit(k):
+        def on(event):
+            if "ok" in event:
+                replies[k] = event
+        return on
+
+    step = 0
+    while len(replies) < len(jobs):
+        for k, (adapter, request) in enumerate(jobs):
+            if join_at.get(k, 0) == step:
+                engine.submit(f"job{k}", str(MODELS["base"]), adapter and str(MODELS[adapter]), request, emit(k))
+        engine.step()
+        step += 1
+        for k in replies:
+            finished.setdefault(k, step)
+    return {k: {**replies[k], "step": finished[k]} for k in replies}
+
+
+def test_concurrent_requests_over_four_adapters_and_the_base_answer_exactly_as_each_alone(engine, models):
+    prompts = [[{"role": "user", "content": text}] for text in (
+        "What is the capital of France?", "Hi", "Write a short poem about the sea, please, in a few words.",
+        "How many legs does a spider have?")]
+    adapters = [None, "adapter1", "adapter2", "adapter3", "adapter4", "adapter1", None, "adapter3"]
+    jobs = [(adapter, {"messages": prompts[k % 4], "temperature": 0, "max_tokens": 6 + 5 * k})
+            for k, adapter in enumerate(adapters)]
+    jobs.append(("adapter2", {"messages": prompts[0], "temperature": 0.9, "seed": 5, "n": 3, "max_tokens": 20}))
+    alone = [chat_alone(engine, adapter, request) for adapter, request in jobs]
+    together = batched(engine, jobs, join_at={5: 3, 6: 4, 7: 9, 8: 2})
+    assert [together[k]["result"] for k in range(len(jobs))] == alone
+    assert len({json.dumps(a["choices"][0]["message"]) for a in alone[:5]}) == 5  # the adapters do differ
+
+
+def test_a_request_arriving_mid_decode_joins_the_batch_and_finishes_before_the_long_one(engine, models):
+    long = ("adapter1", {"messages": QUESTION, "temperature": 0, "max_tokens": 60})
+    short = ("adapter2", {"messages": QUESTION, "temperature": 0, "max_tokens": 5})
+    out = batched(engine, [long, short], join_at={1: 10})
+    assert out[1]["step"] < out[0]["step"] == 60  # joined at step 10, ended 5 steps later, not after the long one
+    assert out[1]["result"] == chat_alone(engine, *short) and out[0]["result"] == chat_alone(engine, *long)
+    assert engine._batches == {}  # finished rows left: nothing is held
+
+
+def chat_alone(engine, adapter, request):
+    return engine.chat(str(MODELS["base"]), adapter and str(MODELS[adapter]), request)
+
+
 # ---- tools ---------------------------------------------------------------------------------------------------------
 
 
@@ -239,6 +300,68 @@ def test_a_generated_tool_call_streams_content_first_then_the_call(models):
     rest, calls, finish_reason = choice.finish("stop")
     assert "".join(pieces) + rest == "Sure."
     assert (finish_reason, calls[0]["function"]["arguments"]) == ("tool_calls", '{"city": "Paris"}')
+
+
+def test_streamed_tool_calls_are_openai_deltas_that_the_sdks_accumulator_rebuilds(models):
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    from openft.sampling import _sse
+
+    tokenizer = AutoTokenizer.from_pretrained(models["base"])
+    text = ('Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+            '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>')
+    choice = _Choice(tokenizer, (), tools=True)
+    events = [{"index": 0, "delta": {"content": piece}} for piece in
+              (choice.push(t, False) for t in tokenizer(text, add_special_tokens=False)["input_ids"]) if piece]
+    events += list(finish_events(0, choice, "stop"))
+    deltas = [e["delta"]["tool_calls"][0] for e in events if "tool_calls" in e["delta"]]
+    assert [set(d) for d in deltas] == [{"index", "id", "type", "function"}, {"index", "function"}] * 2
+    assert deltas[0]["function"]["arguments"] == "" and deltas[1]["function"] == {"arguments": '{"city": "Paris"}'}
+
+    async def sse_lines():
+        async def rest():
+            for event in events[1:] + [{"done": True, "finish_reason": "tool_calls", "usage": None}]:
+                yield event
+        return [line async for line in _sse(rest(), events[0], 1, False, {"id": "c", "created": 0, "model": "m"})]
+
+    state = ChatCompletionStreamState(input_tools=[WEATHER_TOOL])
+    for line in asyncio.run(sse_lines()):
+        if line.startswith("data: {"):
+            state.handle_chunk(ChatCompletionChunk.model_validate_json(line[6:]))
+    final = state.get_final_completion().choices[0]
+    assert final.finish_reason == "tool_calls" and final.message.content == "Sure."
+    assert [(c.function.name, c.function.arguments) for c in final.message.tool_calls] == [
+        ("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]
+    assert [c["function"]["arguments"] for c in _answer(events)["tool_calls"]] == ['{"city": "Paris"}', "{}"]
+
+
+def _answer(events) -> dict:
+    answer = Answer(1)
+    for event in events:
+        answer.add(event)
+    return answer.result(None)["choices"][0]["message"]
+
+
+def test_tool_choice_required_or_named_opens_the_call_and_bad_choices_are_400s(engine, models):
+    base = str(models["base"])
+    tokenizer = AutoTokenizer.from_pretrained(models["base"])
+    named = {"messages": QUESTION, "tools": [WEATHER_TOOL],
+             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    prompt = tokenizer.decode(engine.prompt_ids(base, named))
+    assert prompt.endswith('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": ')
+    required = tokenizer.decode(engine.prompt_ids(base, {**named, "tool_choice": "required"}))
+    assert required.endswith("<|im_start|>assistant\n<tool_call>\n")
+    # The tiny random model writes no valid JSON after the opening: the text still shows the enforced call.
+    message = chat(engine, models, tools=[WEATHER_TOOL], tool_choice="required", temperature=0, max_tokens=5)
+    assert message["choices"][0]["message"]["content"].startswith("<tool_call>\n")
+    for choice, words in (("required", "needs at least one tool"), ({"type": "function", "function": {
+            "name": "nope"}}, "not in 'tools'"), ("sometimes", "must be 'none', 'auto', 'required'")):
+        request = {"messages": QUESTION, "tool_choice": choice,
+                   **({"tools": [WEATHER_TOOL]} if choice != "required" else {})}
+        with pytest.raises(InvalidRequest) as info:
+            engine.chat(base, None, request)
+        assert info.value.param == "tool_choice" and words in info.value.message
 
 
 def test_tools_reach_the_prompt_through_the_fallback_block_unless_tool_choice_is_none(engine, models):
@@ -348,6 +471,119 @@ def test_the_client_drives_a_real_worker_process(engine, models, tmp_path):
 
     asyncio.run(scenario())
     assert "Traceback" not in log.read_text()
+
+
+def worker_client(tmp_path, **settings) -> InferenceClient:
+    return InferenceClient(env={**os.environ, "PYTHONPATH": str(REPO)}, log_path=tmp_path / "worker.log", **settings)
+
+
+def test_streams_through_one_worker_interleave_and_each_equals_its_request_alone(engine, models, tmp_path):
+    jobs = [("adapter1", 40), (None, 30), ("adapter3", 35), ("adapter4", 25)]
+    requests = [{"messages": QUESTION, "temperature": 0, "max_tokens": k} for _, k in jobs]
+    alone = [chat_alone(engine, adapter, request) for (adapter, _), request in zip(jobs, requests)]
+    arrivals: list[int] = []
+
+    async def read(client, k):
+        model = {"base": str(models["base"]), "adapter": jobs[k][0] and str(models[jobs[k][0]])}
+        text = ""
+        async for event in client.chat_stream(model, requests[k]):
+            arrivals.append(k)
+            text += event.get("delta", {}).get("content", "")
+        return text
+
+    async def scenario():
+        client = worker_client(tmp_path)
+        try:
+            await client.ping()
+            return await asyncio.gather(*(read(client, k) for k in range(len(jobs))))
+        finally:
+            await client.close()
+
+    texts = asyncio.run(scenario())
+    assert texts == [a["choices"][0]["message"]["content"] for a in alone]
+    first_end = max(i for i, k in enumerate(arrivals) if k == 0)
+    assert {k for k in arrivals[:first_end]} == {0, 1, 2, 3}  # all four streamed while the first one still ran
+
+
+def test_a_hung_worker_is_killed_and_restarted_and_its_request_retried(engine, models, tmp_path):
+    model = {"base": str(models["base"]), "adapter": str(models["adapter2"])}
+    request = {"messages": QUESTION, "temperature": 0, "max_tokens": 150}
+    expected = chat_alone(engine, "adapter2", request)
+
+    async def scenario():
+        client = worker_client(tmp_path, stall_timeout=2)
+        try:
+            await client.ping()
+            pid = client.worker_pid
+            stream = client.chat_stream(model, request)
+            await anext(stream)
+            plain = asyncio.ensure_future(client.chat(model, request))
+            while client.in_flight() < 2:
+                await asyncio.sleep(0.01)
+            os.kill(pid, signal.SIGSTOP)  # hung: alive, silent
+            with pytest.raises(InferenceError) as info:
+                async for _ in stream:
+                    pass
+            assert (info.value.status, info.value.code) == (503, "inference_worker_lost")
+            assert await plain == expected  # retried once on a fresh worker
+            assert client.worker_pid not in (None, pid)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_past_capacity_a_request_gets_503_with_retry_after_and_past_the_timeout_504(engine, models, tmp_path):
+    model = {"base": str(models["base"]), "adapter": None}
+    short = {"messages": QUESTION, "max_tokens": 2}
+    long = {"messages": QUESTION, "temperature": 0, "max_tokens": 1900, "n": 16}  # far more than 2 s of work
+
+    async def scenario():
+        client = worker_client(tmp_path, max_batch_rows=16, max_queue=0, request_timeout=2)
+        try:
+            for _ in range(30):  # the first requests may time out while the worker loads torch and the model
+                with contextlib.suppress(InferenceError):
+                    await client.chat(model, short)
+                    break
+            running = asyncio.ensure_future(client.chat(model, long))
+            while client.in_flight() < 1:
+                await asyncio.sleep(0.01)
+            with pytest.raises(InferenceError) as info:
+                await client.chat(model, short)
+            assert (info.value.status, info.value.code, info.value.retry_after) == (503, "server_overloaded", 1)
+            with pytest.raises(InferenceError) as info:
+                await running
+            assert (info.value.status, info.value.code) == (504, "timeout")
+            assert client.in_flight() == 0
+            assert (await client.chat(model, short))["usage"]["completion_tokens"] == 2  # its rows were freed
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert "cancelled" in (tmp_path / "worker.log").read_text()  # the worker stopped the timed-out request
+
+
+def test_an_adapter_that_fails_to_load_fails_its_request_only(engine, models, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("adapter_config.json",):
+        (broken / name).write_bytes((models["adapter1"] / name).read_bytes())
+    (broken / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    good = ("adapter2", {"messages": QUESTION, "temperature": 0, "max_tokens": 8})
+    replies: dict[str, dict] = {}
+    engine.submit("broken", str(models["base"]), str(broken), good[1], lambda e: replies.setdefault("broken", e))
+    engine.submit("good", str(models["base"]), str(models["adapter2"]), good[1],
+                  lambda e: replies.setdefault("good", e) if "ok" in e else None)
+    while engine.busy():
+        engine.step()
+    assert replies["broken"]["ok"] is False and replies["broken"]["error"]["type"] == "server_error"
+    assert replies["good"]["result"] == chat_alone(engine, *good)
+
+
+def test_without_max_tokens_generation_stops_at_the_default_bound(models):
+    bounded = Engine(default_max_tokens=7)
+    result = bounded.chat(str(models["base"]), None, {"messages": QUESTION, "temperature": 0})
+    assert result["usage"]["completion_tokens"] == 7 and result["choices"][0]["finish_reason"] == "length"
 
 
 def test_the_api_side_imports_no_torch_and_the_worker_no_web_stack():

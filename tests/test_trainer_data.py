@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from openft import chatformat
 from openft.train import data
 from openft.train.data import IGNORE
 
@@ -93,11 +94,11 @@ TOOL_ROW = {
 
 
 def test_tool_definitions_calls_and_results_render_as_text_when_the_template_cannot(tokenizer):
-    assert not data.template_renders_tools(tokenizer)  # SmolLM2's ChatML template ignores tools
+    assert not chatformat.template_renders_tools(tokenizer)  # SmolLM2's ChatML template ignores tools
     example = data.tokenize_row(TOOL_ROW, tokenizer)
     text = tokenizer.decode(example["input_ids"])
 
-    assert text.startswith("<|im_start|>system\n" + data.TOOLS_PREAMBLE + json.dumps(WEATHER_TOOL))
+    assert text.startswith("<|im_start|>system\n" + chatformat.TOOLS_PREAMBLE + json.dumps(WEATHER_TOOL))
     assert "<|im_start|>tool\n<tool_response>\n21.0\n</tool_response><|im_end|>" in text
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>'
     assert trained_text(example, tokenizer) == [call, "It is 21 degrees.<|im_end|>"]
@@ -117,7 +118,7 @@ def test_templates_that_render_tools_receive_them_natively_with_parsed_arguments
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     tokenizer.chat_template = TOOLS_TEMPLATE
-    assert data.template_renders_tools(tokenizer)
+    assert chatformat.template_renders_tools(tokenizer)
     example = data.tokenize_row(TOOL_ROW, tokenizer)
 
     assert tokenizer.decode(example["input_ids"]).startswith("<|im_start|>system\nTOOLS:get_weather;<|im_end|>")

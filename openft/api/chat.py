@@ -29,7 +29,7 @@ async def create_chat_completion(request: Request, who: Scope = Depends(scope), 
         body = json.loads(await request.body())
     except ValueError:
         raise InvalidRequest("The request body is not valid JSON.") from None
-    result = await sampling.complete(svc, request.app.state.inference, who, body)
+    result = await sampling.complete(svc, request.app.state.inference, who, body, lambda: _disconnect(request))
     if isinstance(result, dict):
         return result
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
@@ -58,3 +58,9 @@ async def _named_events(lines: AsyncIterator[str]):
             yield f"event: error\ndata: {json.dumps(data)}\n\n"
         else:
             yield f"event: message\ndata: {data}\n\n"
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

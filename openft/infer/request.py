@@ -1,33 +1,30 @@
-"""An OpenAI chat completions request checked and reduced to what sampling needs, and tool calls parsed back out
-of generated text. Standard library only: the API process may check a request before it reaches the worker.
+"""An OpenAI chat completions request checked and reduced to what sampling needs. Standard library only: the API process may check a request before it reaches the worker.
 
 Supported request fields: ``messages`` (system, developer, user, assistant with ``tool_calls``, tool, and the
 legacy function role; text content or text parts), ``tools`` (and legacy ``functions``), ``tool_choice``
-("none" hides the tools from the model and turns off parsing; any other value renders them, without forcing a
-call), ``temperature`` (0–2; 0 is greedy), ``top_p`` (0–1), ``max_completion_tokens`` or ``max_tokens`` (default:
+("none" hides the tools from the model and turns off parsing; "auto" lets it choose; "required" and a named
+function ``{"type": "function", "function": {"name": …}}`` are enforced by starting the assistant's turn with the
+opening of a call, ``<tool_call>`` or ``<tool_call>{"name": "…", "arguments": ``, so the model can only write a
+call (of that function); the legacy ``function_call`` maps the same way), ``temperature`` (0–2; 0 is greedy), ``top_p`` (0–1), ``max_completion_tokens`` or ``max_tokens`` (default:
 what is left of the context), ``stop`` (a string or up to 4), ``seed`` (same seed, same request, same model: same
 output), ``n`` (1–128) and ``stream``. Fields that would change the output but are not implemented (logprobs,
 penalties, logit_bias, structured response formats) are refused with a clear error rather than ignored; all
 other fields (``model``, ``user``, ``metadata``, ``stream_options`` …) are the caller's business.
 
-Generated tool calls are read in the Hermes format that training renders for templates without tool support
-(``openft.train.data``): ``<tool_call>{"name": …, "arguments": {…}}</tool_call>`` blocks.
+Generated tool calls are read back by ``openft.chatformat.parse_tool_calls``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import secrets
 from dataclasses import dataclass
 
+from openft.chatformat import TOOL_CALL_OPEN
 from openft.errors import InvalidRequest
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MAX_N = 128
 MAX_STOP = 4
-TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
-_TOOL_CALL = re.compile(re.escape(TOOL_CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
 
 # Fields that change the output, with the values that mean "off" (the only values accepted).
 _UNSUPPORTED = {
@@ -54,6 +51,7 @@ class ChatParams:
     seed: int | None
     n: int
     stream: bool
+    forced_call: str | None = None  # what the assistant's turn must start with (tool_choice "required" or a name)
 
 
 def parse_chat_request(request: dict) -> ChatParams:
@@ -79,7 +77,9 @@ def parse_chat_request(request: dict) -> ChatParams:
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise InvalidRequest("Each tool must be {'type': 'function', 'function': {'name': ...}}.",
                                  param=f"tools[{i}]")
-    if request.get("tool_choice") == "none" or request.get("function_call") == "none":
+    choice = request.get("tool_choice", request.get("function_call"))
+    forced = _forced_call(choice, tools, "tool_choice" if "tool_choice" in request else "function_call")
+    if choice == "none":
         tools = []
     max_tokens = request.get("max_completion_tokens")
     max_param = "max_completion_tokens"
@@ -95,7 +95,27 @@ def parse_chat_request(request: dict) -> ChatParams:
         seed=None if request.get("seed") is None else _integer(request["seed"], "seed", -(2**63), 2**64 - 1),
         n=1 if request.get("n") is None else _integer(request["n"], "n", 1, MAX_N),
         stream=_boolean(request, "stream"),
+        forced_call=forced,
     )
+
+
+def _forced_call(choice, tools: list[dict], param: str) -> str | None:
+    """The opening of the assistant's turn that enforces ``tool_choice`` (None: nothing to enforce)."""
+    if choice is None or choice in ("auto", "none"):
+        return None
+    names = [tool["function"]["name"] for tool in tools]
+    if choice == "required":
+        if not tools:
+            raise InvalidRequest("tool_choice 'required' needs at least one tool in 'tools'.", param=param)
+        return TOOL_CALL_OPEN + "\n"
+    name = choice.get("name") if isinstance(choice, dict) and param == "function_call" else (
+        (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None)
+    if not isinstance(name, str):
+        raise InvalidRequest(f"'{param}' must be 'none', 'auto', 'required' or "
+                             "{'type': 'function', 'function': {'name': ...}}.", param=param)
+    if name not in names:
+        raise InvalidRequest(f"'{param}' names the function {name!r}, which is not in 'tools'.", param=param)
+    return TOOL_CALL_OPEN + "\n" + json.dumps({"name": name}, ensure_ascii=False)[:-1] + ', "arguments": '
 
 
 def _check_message(message, where: str) -> None:
@@ -168,36 +188,3 @@ def _stop(value) -> tuple[str, ...]:
         raise InvalidRequest(f"'stop' must be a non-empty string or an array of up to {MAX_STOP} of them.",
                              param="stop")
     return tuple(stops)
-
-
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """Split generated ``text`` into the message ``content`` and OpenAI ``tool_calls``.
-
-    Every ``<tool_call>…</tool_call>`` block that holds a JSON object with a string ``name`` becomes a call (its
-    ``arguments``, or ``parameters`` as some models write, re-serialised as a JSON string). With at least one call,
-    the content is the text before the first call, without trailing whitespace, or None if that is empty; text after
-    the calls is dropped. A block that does not parse stays in the content, so nothing is silently lost.
-    """
-    calls, first = [], None
-    for match in _TOOL_CALL.finditer(text):
-        call = _tool_call(match.group(1))
-        if call is not None:
-            calls.append(call)
-            first = match.start() if first is None else first
-    if not calls:
-        return text, []
-    return (text[:first].rstrip() or None), calls
-
-
-def _tool_call(body: str) -> dict | None:
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    arguments = obj.get("arguments", obj.get("parameters", {}))
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return {"id": "call_" + secrets.token_hex(12), "type": "function",
-            "function": {"name": obj["name"], "arguments": arguments}}

@@ -29,7 +29,7 @@ generation (``num_iterations`` 1, ``steps_per_generation`` 1).
 
 Rewards: a completion's text becomes the grader's ``sample`` (``openft.graders.templates.make_sample``):
 Hermes ``<tool_call>`` blocks are parsed into ``output_tools`` exactly as the chat completions endpoint parses them
-(``openft.infer.request.parse_tool_calls``, with ids ``call_0``, ``call_1``… so that rewards repeat), the text
+(``openft.chatformat.parse_tool_calls``, with ids ``call_0``, ``call_1``… so that rewards repeat), the text
 before them is ``output_text``, and ``output_json`` is the text parsed as JSON when it is JSON. The row without
 ``messages`` and ``tools`` is the grader's ``item``. A sample the grader cannot grade scores 0 and is counted (a
 warning event names each kind of failure the first time it occurs in an attempt). Graders that wait on another
@@ -82,11 +82,11 @@ from torch.utils.data import Sampler
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
 
+from openft.chatformat import parse_tool_calls
 from openft.errors import InvalidRequest
 from openft.graders import Endpoint, make_sample, validate_grader
 from openft.graders.outcome import Outcome
 from openft.graders.run import grade
-from openft.infer.request import parse_tool_calls
 from openft.train import JobError, attempt, data, models, reporting
 
 COMPLETION_TOKENS = {"low": 32, "default": 64, "medium": 128, "high": 256}
