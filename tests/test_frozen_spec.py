@@ -11,14 +11,14 @@ import pytest
 
 from tests.helpers import chat_rows, step_losses, upload, wait_for, wait_for_step
 
-HP = {"n_epochs": 2, "batch_size": 2}
+HP = {"n_epochs": 2, "batch_size": 1}  # 40 steps: long enough that the pause lands mid-job on a busy machine
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # what is tested here is not in SQL
 def test_settings_changed_between_pause_and_resume_do_not_change_the_job(make_server):
     server = make_server().start()
     client = server.client()
-    train = upload(client, chat_rows(10))
+    train = upload(client, chat_rows(20))
 
     def create():
         return client.fine_tuning.jobs.create(model="tiny", training_file=train, seed=5, hyperparameters=HP)
@@ -39,7 +39,7 @@ def test_settings_changed_between_pause_and_resume_do_not_change_the_job(make_se
     assert spec["hyperparameters"]["learning_rate"] == 5e-4 * 2.0 and spec["lora"]["r"] == 8
     assert spec["max_length"] == 1024
     losses = step_losses(client, job.id)
-    assert sorted(losses) == list(range(1, 11))
+    assert sorted(losses) == list(range(1, 41))
     assert losses == step_losses(client, reference.id)
 
 
