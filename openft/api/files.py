@@ -54,7 +54,8 @@ def retrieve_file(file_id: str, who: Scope = Depends(scope), svc: Services = Dep
     return files.to_wire(files.get(svc, who, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=Response,
+            responses={200: {"content": {t: {} for t in sorted({*files.MEDIA_TYPES.values(), files.DEFAULT_MEDIA_TYPE})}}})
 def file_content(file_id: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
     row = files.get(svc, who, file_id)
     return Response(svc.blobs.get(row.blob_key), media_type=files.media_type(row.filename))
