@@ -30,6 +30,7 @@ from openft.store import Store, migrate
 
 log = logging.getLogger("openft")
 PREFIXES = ("/v1", "/api/v1/llm")
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def build_services(settings: Settings) -> Services:
@@ -153,10 +154,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _allowed_methods(app: FastAPI, scope) -> str:
-    """Every method some route serves at this path (the router's own 405 names only the first route's)."""
-    methods = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= route.methods
-    return ", ".join(sorted(methods))
+    """Every method some route serves at this path (the router's own 405 names only the first route's methods)."""
+    allowed = [method for method in HTTP_METHODS
+               if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+    return ", ".join(allowed)

@@ -21,6 +21,7 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,r
 @dataclasses.dataclass
 class FuzzResult:
     cases: int
+    by_phase: dict[str, int]  # cases per phase: examples, coverage, fuzzing, stateful
     server_errors: int  # failures of not_a_server_error: responses >= 500
     violations: int  # every other failed check: the answer disagrees with the published document
     failures: list[str]
@@ -46,13 +47,14 @@ def run(base_url: str, api_key: str, report_dir: Path, *, max_examples: int, pha
 
 def _summarise(report: Path, output: str) -> FuzzResult:
     """Cases and failed checks, from the run's ndjson report (one ``ScenarioFinished`` event per scenario)."""
-    cases, failures = 0, []
+    cases, by_phase, failures = 0, {}, []
     for line in report.read_text().splitlines() if report.exists() else []:
         scenario = json.loads(line).get("ScenarioFinished")
         if not scenario:
             continue
         recorder = scenario["recorder"]
         cases += len(recorder.get("cases") or {})
+        by_phase[scenario["phase"]] = by_phase.get(scenario["phase"], 0) + len(recorder.get("cases") or {})
         for checks in (recorder.get("checks") or {}).values():
             for check in checks:
                 if check["status"] == "failure":
@@ -60,4 +62,4 @@ def _summarise(report: Path, output: str) -> FuzzResult:
                     failures.append(f"{check['name']}: {failure.get('operation')}: {failure.get('title')}: "
                                     f"{str(failure.get('message'))[:400]}")
     server = sum(1 for f in failures if f.startswith("not_a_server_error"))
-    return FuzzResult(cases, server, len(failures) - server, failures, output)
+    return FuzzResult(cases, by_phase, server, len(failures) - server, failures, output)

@@ -23,3 +23,35 @@ def test_every_operation_answers_as_its_published_schema_says_and_never_with_a_5
     assert result.cases > 200, result.output[-3000:]  # every operation of both prefixes was exercised
     assert result.server_errors == 0, "\n".join(result.failures[:20]) + result.output[-3000:]
     assert result.violations == 0, "\n".join(result.failures[:20]) + result.output[-3000:]
+
+
+def test_the_document_names_every_error_in_openai_envelope_and_every_job_status(server):
+    document = httpx.get(server.url + "/openapi.json").json()
+    operations = [op for ops in document["paths"].values() for op in ops.values()]
+    envelope = {"$ref": "#/components/schemas/ErrorResponse"}
+    for op in operations:
+        for status in ("400", "401", "404", "409", "413", "429"):
+            assert op["responses"][status]["content"]["application/json"]["schema"] == envelope, op["operationId"]
+        assert "422" not in op["responses"]  # the service answers an invalid request with a 400, never a 422
+    job_status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"]
+    assert {"pausing", "paused", "validating_files", "cancelled"} <= set(job_status)
+    chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]
+    assert chat["schema"] == {"$ref": "#/components/schemas/ChatCompletionRequest"}
+    assert {"model", "messages"} <= set(document["components"]["schemas"]["ChatCompletionRequest"]["required"])
+
+
+def test_a_method_a_path_does_not_serve_is_a_405_with_every_method_it_does_serve_in_allow(server):
+    for prefix in ("/v1", "/api/v1/llm"):
+        answer = httpx.put(f"{server.url}{prefix}/files")
+        assert answer.status_code == 405
+        assert {"GET", "POST"} <= {m.strip() for m in answer.headers["allow"].split(",")}
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    answer = httpx.patch(f"{server.url}/v1/fine_tuning/jobs/ftjob-x/cancel")
+    assert answer.status_code == 405 and answer.headers["allow"] == "POST"
+
+
+def test_a_chat_message_whose_role_is_an_object_is_a_400_naming_the_role(server):
+    body = {"model": "tiny", "messages": [{"role": {"name": "user"}, "content": "hi"}]}
+    answer = httpx.post(server.url + "/v1/chat/completions", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "messages[0].role"

@@ -6,7 +6,9 @@ really answers:
   over its limit) and 429 (too many requests in progress, with ``Retry-After``);
 - the API key is declared as a bearer security scheme;
 - a route that parses its own body (chat completions) names a protocol model with ``json_body``, whose JSON schema
-  becomes the operation's request body here.
+  becomes the operation's request body here;
+- what a create returns links to the operations on the created object (``POST /files`` → ``/files/{file_id}``…),
+  so that clients and stateful fuzzers can follow them.
 """
 
 from __future__ import annotations
@@ -82,4 +84,32 @@ def finish(document: dict) -> dict:
             responses.pop("422", None)
             for status, description in ERRORS.items():
                 responses.setdefault(status, {"description": description, **error})
+    _link_creates(document["paths"], schemas)
     return document
+
+
+def _link_creates(paths: dict, schemas: dict) -> None:
+    """``POST /x`` answering an object with an ``id`` links to every operation on ``/x/{param}`` and below."""
+    for path, operations in paths.items():
+        created = operations.get("post", {}).get("responses", {}).get("200")
+        if path.endswith("}") or not created or not _has_id(created, schemas):
+            continue
+        links = {}
+        for target, target_ops in paths.items():
+            param = target[len(path) + 1:].split("/")[0]
+            if not (target.startswith(path + "/{") and param.endswith("}")):
+                continue
+            for op in target_ops.values():
+                links[op["operationId"]] = {"operationId": op["operationId"],
+                                            "parameters": {param[1:-1]: "$response.body#/id"}}
+        if links:
+            created["links"] = links
+
+
+def _has_id(response: dict, schemas: dict) -> bool:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    for option in schema.get("anyOf", [schema]):
+        ref = option.get("$ref", "").rsplit("/", 1)[-1]
+        if "id" in schemas.get(ref, {}).get("properties", {}):
+            return True
+    return False
