@@ -55,3 +55,20 @@ def test_a_chat_message_whose_role_is_an_object_is_a_400_naming_the_role(server)
     answer = httpx.post(server.url + "/v1/chat/completions", json=body)
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "messages[0].role"
+
+
+def test_a_nul_character_in_a_path_query_or_json_body_is_a_400_on_every_database(server):
+    # PostgreSQL cannot store NUL in text: these were 500s there before the request guard refused them.
+    answers = [
+        httpx.get(server.url + "/v1/files/file-a%00b"),
+        httpx.get(server.url + "/v1/fine_tuning/jobs?after=x%00"),
+        httpx.get(server.url + "/api/v1/llm/models/x%00y"),
+        httpx.post(server.url + "/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": "file-\u0000"}),
+        httpx.post(server.url + "/v1/webhook_endpoints", json={"url": "https://example.com/\u0000"}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "nul_character"
+    # an escaped backslash before "u0000" is text, not a NUL: the request reaches the route (an unknown file)
+    answer = httpx.post(server.url + "/v1/fine_tuning/jobs", json={"model": "tiny", "training_file": "f\\u0000"})
+    assert answer.json()["error"]["code"] == "file_not_found", answer.text
