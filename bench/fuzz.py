@@ -1,10 +1,10 @@
 """Fuzzing the published API at full size: how many generated requests, and how many answers ≥ 500 or at odds with
 /openapi.json?
 
-    .venv/bin/python bench/fuzz.py [--max-examples 100] [--workers 2]
+    .venv/bin/python bench/fuzz.py [--max-examples 100] [--workers 2] [--postgres postgresql+psycopg://…/postgres]
 
 Starts a real `openft serve` (the tests' tiny model, its scheduler running, a SQLite database under a temporary
-directory, an API key for organization acme) and runs schemathesis against its /openapi.json with every phase —
+directory or a scratch database on the given PostgreSQL server, an API key for organization acme) and runs schemathesis against its /openapi.json with every phase —
 schema examples, coverage, random fuzzing, and stateful sequences that follow the document's links (a created
 file, upload or job, then the operations on it) — and the same checks as tests/test_fuzz_openapi.py, our
 error-envelope check included. As a baseline it first runs the test's bounded configuration on the same server.
@@ -15,11 +15,15 @@ the first failures if there are any. Exit status 1 if any.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+import sqlalchemy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,13 +40,14 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=100, help="examples per operation and phase")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--postgres", help="a PostgreSQL server URL: fuzz against a scratch database there")
     args = parser.parse_args()
     full = {"max_examples": args.max_examples, "phases": "examples,coverage,fuzzing,stateful",
             "workers": args.workers, "seed": args.seed}
-    with tempfile.TemporaryDirectory(prefix="openft-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="openft-fuzz-") as tmp, _database(args.postgres, Path(tmp)) as url:
         tmp = Path(tmp)
         model = build_tiny_model(tmp / "tiny")
-        server = Server(tmp / "data", f"sqlite:///{tmp / 'openft.db'}", {"tiny": str(model)})
+        server = Server(tmp / "data", url, {"tiny": str(model)})
         server.data_dir.mkdir()
         key = server.cli("keys", "create", "--org", "acme")
         server.start()
@@ -64,6 +69,23 @@ def main() -> int:
     for failure in failures[:30]:
         print("  ", failure)
     return 1 if failures else 0
+
+
+@contextlib.contextmanager
+def _database(postgres: str | None, tmp: Path):
+    if not postgres:
+        yield f"sqlite:///{tmp / 'openft.db'}"
+        return
+    name = f"openft_fuzz_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield postgres.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 if __name__ == "__main__":
