@@ -1,15 +1,15 @@
 """Fuzzing the published API at full size: how many generated requests, and how many answers ≥ 500 or at odds with
 /openapi.json?
 
-    .venv/bin/python bench/fuzz.py [--max-examples 100] [--workers 2] [--postgres postgresql+psycopg://…/postgres]
+    .venv/bin/python bench/fuzz.py [--max-examples 100] [--workers 2] [--postgres postgresql+psycopg://HOST/postgres]
 
 Starts a real `openft serve` (the tests' tiny model, its scheduler running, a SQLite database under a temporary
-directory or a scratch database on the given PostgreSQL server, an API key for organization acme) and runs schemathesis against its /openapi.json with every phase —
-schema examples, coverage, random fuzzing, and stateful sequences that follow the document's links (a created
-file, upload or job, then the operations on it) — and the same checks as tests/test_fuzz_openapi.py, our
-error-envelope check included. As a baseline it first runs the test's bounded configuration on the same server.
-Prints, for both, the cases run, responses ≥ 500, schema violations and seconds, and the ratio of cases; lists
-the first failures if there are any. Exit status 1 if any.
+directory or a scratch database on the given PostgreSQL server, an API key for organization acme) and runs
+schemathesis against its /openapi.json with every phase: schema examples, coverage, random fuzzing, and stateful
+sequences that follow the document's links (a created file, upload or job, then the operations on it), with the
+same checks as tests/test_fuzz_openapi.py, our error-envelope check included. As a baseline it first runs the
+test's bounded configuration on the same server. Prints, for both, the cases run (per phase), responses >= 500,
+schema violations and seconds, and the ratio of cases; lists the first failures if there are any. Exit status 1 if any.
 """
 
 from __future__ import annotations

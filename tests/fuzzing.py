@@ -29,19 +29,26 @@ class FuzzResult:
 
 
 def run(base_url: str, api_key: str, report_dir: Path, *, max_examples: int, phases: str, seed: int = 1,
-        workers: int = 1, extra: tuple[str, ...] = ()) -> FuzzResult:
-    """One deterministic schemathesis run over every operation of both prefixes."""
-    report = report_dir / "fuzz.ndjson"
+        workers: int = 1, objects: dict[str, str] | None = None) -> FuzzResult:
+    """One deterministic schemathesis run over every operation of both prefixes. ``objects`` names existing
+    objects by path parameter (``{"file_id": "file-…"}``): those operations then act on them rather than on
+    generated ids, which are almost always unknown (404), so that real objects' answers are checked too."""
+    report, config = report_dir / "fuzz.ndjson", report_dir / "schemathesis.toml"
+    pinned = "".join(f'"path.{name}" = {json.dumps(value)}\n' for name, value in (objects or {}).items())
+    config.write_text("[parameters]\n" + pinned)  # TOML
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", f"{base_url}/openapi.json",
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{base_url}/openapi.json",
         "--checks", CHECKS, "--phases", phases, "--max-examples", str(max_examples), "--seed", str(seed),
         "--generation-deterministic", "--workers", str(workers),
         "--header", f"Authorization: Bearer {api_key}", "--request-timeout", "30", "--no-color",
         "--report", "ndjson", "--report-ndjson-path", str(report), "--continue-on-failure",
-        "--suppress-health-check", "all", *extra,
+        "--suppress-health-check", "all",
     ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks"}
-    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz_hooks", "PYTHONPATH": pythonpath}
+    # run in the report's folder: schemathesis keeps a cache in its working directory
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=report_dir)
     return _summarise(report, out.stdout + out.stderr)
 
 
