@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from openft import sampling
 from openft import protocol as p
+from openft import sampling
 from openft.api.deps import scope, services
 from openft.api.openapi import json_body
 from openft.errors import InvalidRequest

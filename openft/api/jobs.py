@@ -58,7 +58,7 @@ def resume_job(job_id: str, who: Scope = Depends(scope), svc: Services = Depends
 
 
 @router.get("/{job_id}/events", response_model=p.Page[p.JobEvent],
-            responses={200: {"content": {"text/event-stream": {}}}})  # with stream=true or Accept: it
+            responses={200: {"content": {"text/event-stream": {}}}})  # the live stream (stream=true)
 def list_events(
     request: Request,
     job_id: str,
