@@ -11,10 +11,12 @@ from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from openft import dashboard, webhooks
 from openft.api import chat, checkpoints, files, graders, jobs, models, uploads
 from openft.api import webhooks as webhook_routes
+from openft.api import openapi
 from openft.api.guard import Guard
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -28,6 +30,7 @@ from openft.store import Store, migrate
 
 log = logging.getLogger("openft")
 PREFIXES = ("/v1", "/api/v1/llm")
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 def build_services(settings: Settings) -> Services:
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, chat):
         app.include_router(module.mka1_router, prefix="/api/v1/llm")
     _install_error_handlers(app)
+    openapi.install(app)
     dashboard.mount(app)
     app.add_middleware(Guard, prefixes=PREFIXES)
     app.add_middleware(RequestId)  # added last, so outermost: the guard's answers carry the id too
@@ -139,9 +143,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(400, message, "invalid_request_error", param)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request, exc: HTTPException):
+    async def http_error(request, exc: HTTPException):
         if exc.status_code == 404:
             return _error(404, "Unknown endpoint.", "invalid_request_error", code="unknown_url")
         if exc.status_code == 405:
-            return _error(405, "Method not allowed.", "invalid_request_error")
+            allowed = _allowed_methods(request.app, request.scope)
+            return _error(405, f"Method not allowed: this path answers {allowed}.", "invalid_request_error",
+                          headers={"Allow": allowed})
         return _error(exc.status_code, str(exc.detail), "invalid_request_error")
+
+
+def _allowed_methods(app: FastAPI, scope) -> str:
+    """Every method some route serves at this path (the router's own 405 names only the first route's methods)."""
+    allowed = [method for method in HTTP_METHODS
+               if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+    return ", ".join(allowed)

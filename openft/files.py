@@ -22,6 +22,7 @@ MAX_LIFETIME = 30 * 24 * 3600
 MEDIA_TYPES = {".jsonl": "application/jsonl", ".csv": "text/csv", ".json": "application/json", ".txt": "text/plain",
                ".md": "text/markdown", ".pdf": "application/pdf", ".png": "image/png", ".jpg": "image/jpeg",
                ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
+DEFAULT_MEDIA_TYPE = "application/octet-stream"
 
 
 def lifetime(settings, purpose: str, anchor: str | None, seconds: str | None) -> int | None:
@@ -96,7 +97,7 @@ def delete(svc: Services, who: Scope, file_id: str) -> p.Deleted:
 
 def media_type(filename: str) -> str:
     suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-    return MEDIA_TYPES.get(suffix, "application/octet-stream")
+    return MEDIA_TYPES.get(suffix, DEFAULT_MEDIA_TYPE)
 
 
 def to_wire(row: t.File) -> p.FileObject:

@@ -124,7 +124,7 @@ class FineTuningJob(BaseModel):
     created_at: int
     model: str
     organization_id: str
-    status: str
+    status: Literal["validating_files", "queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled"]
     training_file: str
     validation_file: str | None
     hyperparameters: dict[str, Any]
@@ -328,3 +328,79 @@ class CreateWebhookEndpointRequest(Strict):
     url: str = Field(min_length=1, max_length=2048)
     name: str | None = Field(None, max_length=256)
     event_types: list[str] | None = None
+
+
+# ---- chat completions request (documentation: openft.infer.request's parser governs what is accepted) ---------
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class ChatFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ChatToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: ChatFunctionCall
+
+
+class ChatContentPart(BaseModel):
+    type: Literal["text", "refusal"]
+    text: str | None = None
+    refusal: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """A message; ``content`` may be null only for an assistant message that makes tool calls."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ChatContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatFunction(BaseModel):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ChatTool(BaseModel):
+    type: Literal["function"] = "function"
+    function: ChatFunction
+
+
+class ChatNamedFunction(BaseModel):
+    name: str
+
+
+class ChatNamedToolChoice(BaseModel):
+    type: Literal["function"] = "function"
+    function: ChatNamedFunction
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's chat completions request, as far as this server implements it. Other OpenAI fields (``user``,
+    ``metadata``, ``stream_options`` …) are accepted and ignored; fields that would change the output but are not
+    implemented (logprobs, penalties, logit_bias, structured response formats) are refused unless off."""
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ChatNamedToolChoice | None = None
+    response_format: dict[str, Any] | None = Field(None, description="Only {'type': 'text'}.")
+    user: str | None = None
+    metadata: dict[str, str] | None = None

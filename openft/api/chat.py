@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from openft import protocol as p
 from openft import sampling
 from openft.api.deps import scope, services
+from openft.api.openapi import json_body
 from openft.errors import InvalidRequest
 from openft.services import Services
 from openft.store import Scope
@@ -23,7 +25,8 @@ router = APIRouter(tags=["chat"])
 mka1_router = APIRouter(tags=["chat"])
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(p.ChatCompletionRequest),
+             responses={200: {"content": {"text/event-stream": {}}}})
 async def create_chat_completion(request: Request, who: Scope = Depends(scope), svc: Services = Depends(services)):
     try:
         body = json.loads(await request.body())
@@ -35,7 +38,8 @@ async def create_chat_completion(request: Request, who: Scope = Depends(scope), 
     return StreamingResponse(result, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
-@mka1_router.post("/chat/completions/stream")
+@mka1_router.post("/chat/completions/stream", openapi_extra=json_body(p.ChatCompletionRequest),
+                   response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_chat_completion(request: Request, who: Scope = Depends(scope), svc: Services = Depends(services)):
     try:
         body = json.loads(await request.body())

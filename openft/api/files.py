@@ -16,6 +16,7 @@ from openft.errors import TooLarge
 from openft.store import Scope
 
 router = APIRouter(prefix="/files", tags=["files"])
+CONTENT_TYPES = {t: {} for t in sorted({*files.MEDIA_TYPES.values(), files.DEFAULT_MEDIA_TYPE})}
 
 
 @router.post("", response_model=p.FileObject)
@@ -54,7 +55,7 @@ def retrieve_file(file_id: str, who: Scope = Depends(scope), svc: Services = Dep
     return files.to_wire(files.get(svc, who, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=Response, responses={200: {"content": CONTENT_TYPES}})
 def file_content(file_id: str, who: Scope = Depends(scope), svc: Services = Depends(services)):
     row = files.get(svc, who, file_id)
     return Response(svc.blobs.get(row.blob_key), media_type=files.media_type(row.filename))

@@ -8,7 +8,8 @@ organization in progress (a 429 with Retry-After); then the body's size: a ``Con
 off with a 413). File uploads (``POST /files``, upload parts) may be ``OPENFT_MAX_FILE_BYTES`` (plus the multipart
 framing) and stream through to the route; every other body may be ``OPENFT_MAX_REQUEST_BYTES`` and is read here,
 checked for JSON nesting deeper than ``OPENFT_MAX_JSON_DEPTH`` (a 400, before any parser recurses into it) and
-handed to the route.
+handed to the route. A NUL character in the path, the query or a JSON body is a 400 (PostgreSQL cannot store
+one, and no field needs one).
 
 The organization is left in the request's state for ``openft.api.deps.scope``.
 """
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from urllib.parse import unquote_to_bytes
 
 from fastapi.responses import JSONResponse
 
 from openft.auth import Authenticator
 from openft.errors import APIError, InvalidRequest, RateLimited, TooLarge, Unauthorized
-from openft.limits import too_deep
+from openft.limits import has_nul, too_deep
 
 MULTIPART_FRAMING = 1 << 20  # boundaries, part headers and the small form fields beside the file
 UPLOAD_PATHS = re.compile(r"/files|/uploads/[^/]+/parts")
@@ -74,6 +76,8 @@ class Guard:
         if self.in_progress[org] >= limit:
             raise RateLimited(f"Too many requests in progress for this organization (at most {limit} at once); "
                               "retry after the ones in progress finish.")
+        if "\x00" in scope["path"] or b"\x00" in unquote_to_bytes(scope["query_string"]):
+            raise InvalidRequest("The request's path or query contains a NUL character.", code="nul_character")
         length = next((v for name, v in headers if name == b"content-length"), None)
         if length is not None and not length.isdigit():
             raise InvalidRequest("Content-Length is not a number.")
@@ -127,6 +131,10 @@ class Guard:
         if too_deep(body, settings.max_json_depth):
             error = InvalidRequest("The request body nests arrays and objects more than "
                                    f"{settings.max_json_depth} levels deep.", code="json_too_deep")
+            return await _reject(error, scope, receive, send)
+        if has_nul(body):
+            error = InvalidRequest("The request body contains a NUL character (\\u0000), which no field accepts.",
+                                   code="nul_character")
             return await _reject(error, scope, receive, send)
         replayed = False
 

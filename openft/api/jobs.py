@@ -57,7 +57,8 @@ def resume_job(job_id: str, who: Scope = Depends(scope), svc: Services = Depends
     return jobs.to_wire(jobs.act(svc.store, who, job_id, "resume"))
 
 
-@router.get("/{job_id}/events", response_model=p.Page[p.JobEvent])
+@router.get("/{job_id}/events", response_model=p.Page[p.JobEvent],
+            responses={200: {"content": {"text/event-stream": {}}}})  # the live stream (stream=true)
 def list_events(
     request: Request,
     job_id: str,

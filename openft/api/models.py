@@ -60,7 +60,8 @@ def list_mka1_models(who: Scope = Depends(scope), svc: Services = Depends(servic
     return p.Mka1ModelList(data=[_mka1_wire(ref, who.org) for ref in refs])
 
 
-@router.get("/{model:path}/export", response_class=FileResponse)
+@router.get("/{model:path}/export", response_class=FileResponse,
+            responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
 def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
     """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
     ref = models.resolve(svc.store, svc.settings, who.org, model)

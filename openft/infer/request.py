@@ -122,7 +122,7 @@ def _check_message(message, where: str) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{where}' must be an object.", param=where)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a dict or list is not hashable: check the type first
         raise InvalidRequest(f"'{where}.role' must be one of {sorted(ROLES)}, got {role!r}.", param=f"{where}.role")
     content = message.get("content")
     if isinstance(content, list):
