@@ -28,10 +28,7 @@ mka1_router = APIRouter(tags=["chat"])
 @router.post("/chat/completions", openapi_extra=json_body(p.ChatCompletionRequest),
              responses={200: {"content": {"text/event-stream": {}}}})
 async def create_chat_completion(request: Request, who: Scope = Depends(scope), svc: Services = Depends(services)):
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise InvalidRequest("The request body is not valid JSON.") from None
+    body = await _json_object(request)
     result = await sampling.complete(svc, request.app.state.inference, who, body, lambda: _disconnect(request))
     if isinstance(result, dict):
         return result
@@ -41,15 +38,20 @@ async def create_chat_completion(request: Request, who: Scope = Depends(scope), 
 @mka1_router.post("/chat/completions/stream", openapi_extra=json_body(p.ChatCompletionRequest),
                    response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def stream_chat_completion(request: Request, who: Scope = Depends(scope), svc: Services = Depends(services)):
+    body = await _json_object(request)
+    result = await sampling.complete(svc, request.app.state.inference, who, {**body, "stream": True})
+    return StreamingResponse(_named_events(result), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache"})
+
+
+async def _json_object(request: Request) -> dict:
     try:
         body = json.loads(await request.body())
     except ValueError:
         raise InvalidRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    result = await sampling.complete(svc, request.app.state.inference, who, {**body, "stream": True})
-    return StreamingResponse(_named_events(result), media_type="text/event-stream",
-                             headers={"cache-control": "no-cache"})
+    return body
 
 
 async def _named_events(lines: AsyncIterator[str]):
