@@ -1,7 +1,8 @@
 """The job domain: statuses, the one transition table, create / pause / resume / cancel, and resolving "auto".
 
-Every status write goes through `Store.transition` (compare-and-set in SQL), so racing pause, cancel and finish
-requests cannot corrupt a job: the loser re-reads the job and decides again.
+Every status write — a user's action or the scheduler's — is a row of `TRANSITIONS`, applied by `move` (or, for
+starting an attempt, `Store.claim_start` given `row("queued", "start")`) as a compare-and-set in SQL, so racing
+pause, cancel and finish requests cannot corrupt a job: the loser re-reads the job and decides again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from openft.store import Scope, Store
 TERMINAL = {"succeeded", "failed", "cancelled"}
 STATUSES = ["validating_files", "queued", "running", "pausing", "paused", *sorted(TERMINAL)]
 
-# (status, action) -> next status. User actions: pause, resume, cancel. The rest are the scheduler's.
-# A pair that is missing is a conflict (409); a pair that maps a status onto itself is an idempotent no-op.
+# (status, action) -> next status. User actions: pause, resume, cancel (a missing pair is a 409 conflict; a pair
+# that maps a status onto itself is an idempotent no-op). The rest are the scheduler's moves (a missing pair is a
+# bug: `move` refuses it); its self-loops write fields of a job whose status stays.
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("validating_files", "pause"): "paused",
     ("queued", "pause"): "paused",
@@ -48,7 +50,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("queued", "fail"): "failed",
     ("running", "fail"): "failed",
     ("pausing", "fail"): "failed",
+    ("running", "spec_frozen"): "running",  # a job validated before specs were frozen gets its spec at start
+    ("cancelled", "stopped"): "cancelled",  # the cancelled job's attempt has stopped and its checkpoints are gone
 }
+USER_ACTIONS = ("pause", "resume", "cancel")
 
 # The learning rate is this × Settings.base_learning_rate (5e-4: 1e-3 for LoRA SFT and DPO). Reinforcement gets a
 # quarter of it: at 1e-3, GRPO on SmolLM2-135M raised the sampled reward while its greedy answers got worse;
@@ -64,11 +69,30 @@ METHODS = {
 HP_LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "eval_interval": (1, 100000), "eval_samples": (1, 64)}
 
 
+class IllegalMove(RuntimeError):
+    """The scheduler asked for a status change that is not a row of the transition table: a bug, never a user's."""
+
+
 def next_status(job: t.Job, action: str) -> str:
     to = TRANSITIONS.get((job.status, action))
     if to is None:
         raise Conflict(f"Cannot {action} fine-tuning job {job.id}: its status is {job.status}.")
     return to
+
+
+def row(frm: str, action: str) -> tuple[str, str]:
+    """The (from, to) statuses of one row of the table; a pair that is not a row is refused."""
+    to = TRANSITIONS.get((frm, action))
+    if to is None:
+        raise IllegalMove(f"No transition from {frm} on {action}.")
+    return frm, to
+
+
+def move(store: Store, job_id: str, frm: str, action: str, events: list[dict] = (), **fields) -> bool:
+    """Apply the row (frm, action) to a job still in status frm, with the events it causes; False if the job had
+    moved on (the caller re-reads it)."""
+    frm, to = row(frm, action)
+    return store.transition(job_id, frm, to, events, **fields)
 
 
 # ---- create ----------------------------------------------------------------------------------------------------
@@ -275,7 +299,7 @@ def act(store: Store, scope: Scope, job_id: str, action: str) -> t.Job:
         if to == job.status:
             return job
         fields, message = _effects(job, to)
-        if store.transition(job.id, job.status, to, [{"message": message}], **fields):
+        if move(store, job.id, job.status, action, [{"message": message}], **fields):
             return get(store, scope, job_id)
     raise Conflict(f"Fine-tuning job {job_id} is changing status; try again.")
 

@@ -5,7 +5,8 @@ in a background thread.
 Several replicas may share one database: each tick first takes or renews a lease on the live jobs it can drive
 (`Store.claim_leases`), and touches only those; a replica that stops renewing (it died) loses its jobs to another
 after `lease_seconds`. Starting an attempt is one atomic claim under the cluster-wide limit (`Store.claim_start`);
-every write is a compare-and-set (status, events offset), so even two replicas acting on one job at once never
+every status write is a row of the transition table (`jobs.move`) and every write a compare-and-set (status,
+events offset), so even two replicas acting on one job at once never
 record a transition or an event twice. A local attempt can be observed only from its own host, so its job is
 leased only by replicas on that host.
 
@@ -85,7 +86,7 @@ class Scheduler:
             report = checked if checked.error else report
         if report.error:
             event = {"message": report.error["message"], "level": "error"}
-            self.store.transition(job.id, "validating_files", "failed", [event], error=report.error, finished_at=now())
+            jobs.move(self.store, job.id, job.status, "invalid", [event], error=report.error, finished_at=now())
             return
         hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples, kind)
         method = {**job.method, kind: {**job.method[kind], "hyperparameters": hp}}
@@ -100,8 +101,8 @@ class Scheduler:
             },
             {"message": "Files validated, moving job to queued state"},
         ]
-        self.store.transition(
-            job.id, "validating_files", "queued", events,
+        jobs.move(
+            self.store, job.id, job.status, "validated", events,
             validated=True, n_examples=report.n_examples, hyperparameters=jobs.top_hyperparameters(method),
             method=method, spec=self._freeze(job, method).to_json(),
         )
@@ -139,14 +140,14 @@ class Scheduler:
 
     def start_queued(self) -> None:
         while job := self.store.claim_start(self.replica, self.settings.lease_seconds,
-                                            self.settings.max_concurrent_jobs):
+                                            self.settings.max_concurrent_jobs, jobs.row("queued", "start")):
             try:
                 handle = self.executor.start(self._prepare(job, job.attempt), job.attempt)
             except Exception as exc:
                 log.exception("could not start %s", job.id)
                 error = {"code": "server_error", "param": None, "message": f"Could not start training: {exc}"}
-                self.store.transition(job.id, "running", "failed", [{"message": error["message"], "level": "error"}],
-                                      error=error, finished_at=now())
+                jobs.move(self.store, job.id, job.status, "fail", [{"message": error["message"], "level": "error"}],
+                          error=error, finished_at=now())
                 continue
             if not self.store.set_worker(job.id, job.attempt, handle, self.executor.host):
                 log.warning("%s moved on while attempt %d started; stopping that attempt", job.id, job.attempt)
@@ -169,7 +170,7 @@ class Scheduler:
                 paths[param] = str(dest)
         if not (job.spec or {}).get("hyperparameters"):  # validated before specs were frozen: freeze it now
             job.spec = self._freeze(job, job.method).to_json()
-            self.store.transition(job.id, "running", "running", spec=job.spec)
+            jobs.move(self.store, job.id, job.status, "spec_frozen", spec=job.spec)
         frozen = TrainingSpec.from_json(job.spec)
         endpoint = None
         if frozen.method == "reinforcement":  # where graders sample is the service's, not the job's, concern
@@ -206,12 +207,12 @@ class Scheduler:
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":
             step = int(Path(result["checkpoint"]).name.rsplit("-", 1)[-1])
-            self.store.transition(job.id, "pausing", "paused", [{"message": f"Job paused at step {step}"}],
-                                  resume_from=result["checkpoint"], worker=None, estimated_finish=None)
+            jobs.move(self.store, job.id, job.status, "paused", [{"message": f"Job paused at step {step}"}],
+                      resume_from=result["checkpoint"], worker=None, estimated_finish=None)
         else:
             error = result.get("error") or {"code": "server_error", "param": None, "message": "Training failed"}
-            self.store.transition(job.id, job.status, "failed", [{"message": error["message"], "level": "error"}],
-                                  error=error, finished_at=now(), worker=None, estimated_finish=None)
+            jobs.move(self.store, job.id, job.status, "fail", [{"message": error["message"], "level": "error"}],
+                      error=error, finished_at=now(), worker=None, estimated_finish=None)
 
     def _stop_cancelled(self, job: t.Job, job_dir: Path) -> None:
         if job.worker and self.executor.poll(job.worker) == "running":
@@ -223,7 +224,7 @@ class Scheduler:
         self.store.delete_checkpoints([c.id for c in self.store.checkpoints_of(job.id)])
         shutil.rmtree(job_dir / jobdir.CHECKPOINTS, ignore_errors=True)
         models.release(self.store, self.settings, job)
-        self.store.transition(job.id, "cancelled", "cancelled", worker=None, cancel_requested_at=None)
+        jobs.move(self.store, job.id, job.status, "stopped", worker=None, cancel_requested_at=None)
 
     def _recover(self, job: t.Job, job_dir: Path, why: str) -> None:
         crashes = job.crashes + 1
@@ -231,8 +232,8 @@ class Scheduler:
             message = f"Training failed: attempt {job.attempt} {why}, and {crashes} attempts have failed this way."
             tail = _log_tail(job_dir / f"attempt-{job.attempt}.log")
             error = {"code": "server_error", "param": None, "message": message + (f" Last output: {tail}" if tail else "")}
-            self.store.transition(job.id, job.status, "failed", [{"message": message, "level": "error"}],
-                                  error=error, finished_at=now(), worker=None, crashes=crashes)
+            jobs.move(self.store, job.id, job.status, "fail", [{"message": message, "level": "error"}],
+                      error=error, finished_at=now(), worker=None, crashes=crashes)
             return
         resume = self._last_resumable(job)
         where = f"from the checkpoint at step {resume.step_number}" if resume else "from the beginning"
@@ -242,8 +243,8 @@ class Scheduler:
             f"(recovery {crashes} of {self.settings.max_attempts - 1})"
         )
         resume_from = os.path.relpath(resume.path, job_dir) if resume else None
-        self.store.transition(job.id, job.status, jobs.next_status(job, "crashed"), [{"message": message, "level": "warn"}],
-                              worker=None, crashes=crashes, resume_from=resume_from, estimated_finish=None)
+        jobs.move(self.store, job.id, job.status, "crashed", [{"message": message, "level": "warn"}],
+                  worker=None, crashes=crashes, resume_from=resume_from, estimated_finish=None)
 
     def _last_resumable(self, job: t.Job) -> t.Checkpoint | None:
         """The newest checkpoint that carries the full trainer state (epoch or pause, never the final adapter)."""
@@ -260,8 +261,8 @@ class Scheduler:
             {"message": f"New fine-tuned model created: {final.model_name}"},
             {"message": "The job has successfully completed"},
         ]
-        self.store.transition(
-            job.id, job.status, "succeeded", events,
+        jobs.move(
+            self.store, job.id, job.status, "succeed", events,
             fine_tuned_model=final.model_name, trained_tokens=result.get("trained_tokens"), finished_at=now(),
             result_files=[results_file] if results_file else [], worker=None, estimated_finish=None,
         )

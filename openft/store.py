@@ -204,8 +204,9 @@ class Store:
         with self.session.begin() as s:
             s.execute(update(t.Job).where(t.Job.lease_owner == owner).values(lease_owner=None, lease_expires=None))
 
-    def claim_start(self, owner: str, seconds: float, limit: int) -> t.Job | None:
-        """Move one queued job to running for ``owner`` if fewer than ``limit`` attempts run in the whole cluster.
+    def claim_start(self, owner: str, seconds: float, limit: int, move: tuple[str, str]) -> t.Job | None:
+        """Move one job from ``move``'s first status (queued) to its second (running: the transition table's row,
+        `jobs.row("queued", "start")`) for ``owner`` if fewer than ``limit`` attempts run in the whole cluster.
 
         The count and the claim happen under one cluster-wide lock (a PostgreSQL advisory lock held to the end of
         the transaction; SQLite serves one replica), so two replicas never both take the last free slot. The job
@@ -218,14 +219,15 @@ class Store:
                                      .group_by(t.Job.organization_id)).all())
             if sum(running.values()) >= limit:
                 return None
-            oldest = s.execute(select(t.Job.organization_id, func.min(t.Job.seq)).where(t.Job.status == "queued")
+            frm, to = move
+            oldest = s.execute(select(t.Job.organization_id, func.min(t.Job.seq)).where(t.Job.status == frm)
                                .group_by(t.Job.organization_id)).all()
             if not oldest:
                 return None
             _, seq = min(oldest, key=lambda row: (running.get(row[0], 0), row[1]))
             claimed = s.execute(
-                update(t.Job).where(t.Job.seq == seq, t.Job.status == "queued")
-                .values(status="running", attempt=t.Job.attempt + 1, worker=None, worker_host=None,
+                update(t.Job).where(t.Job.seq == seq, t.Job.status == frm)
+                .values(status=to, attempt=t.Job.attempt + 1, worker=None, worker_host=None,
                         lease_owner=owner, lease_expires=time.time() + seconds)
             )
             return s.scalar(select(t.Job).where(t.Job.seq == seq)) if claimed.rowcount == 1 else None

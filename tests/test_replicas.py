@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 import sqlalchemy
 
+from openft import jobs
 from openft import tables as t
 from openft.config import Settings
 from openft.executors import LocalExecutor
@@ -22,6 +23,8 @@ from openft.scheduler import Scheduler
 from openft.store import Store, migrate
 from tests.conftest import BACKENDS, Server, _kill_trainers, _postgres_database
 from tests.helpers import all_events, chat_rows, upload, wait_for
+
+START = jobs.row("queued", "start")
 
 needs_postgres = pytest.mark.skipif("postgres" not in BACKENDS, reason="needs the PostgreSQL test server")
 
@@ -77,7 +80,7 @@ def test_a_started_attempt_is_not_recorded_once_another_replica_has_re_queued_it
     migrate(database_url)
     store = Store(database_url)
     store.add(_queued_job())
-    job = store.claim_start("a", 30, limit=1)
+    job = store.claim_start("a", 30, limit=1, move=START)
     # a's lease lapsed while it started the attempt; b found the job without a handle and re-queued it.
     assert store.transition(job.id, "running", "queued", worker=None)
     assert not store.set_worker(job.id, job.attempt, {"executor": "local"}, "host-1")
@@ -97,7 +100,7 @@ def test_two_replicas_racing_to_start_jobs_never_exceed_the_cluster_limit_or_tak
     def claim(store: Store, replica: str) -> None:
         barrier.wait()
         for _ in range(6):  # a claim that loses a race returns None: keep trying, as the next tick would
-            if job := store.claim_start(replica, 30, limit=5):
+            if job := store.claim_start(replica, 30, limit=5, move=START):
                 claimed.append(job.id)
 
     threads = [threading.Thread(target=claim, args=(s, f"replica-{i}")) for i, s in enumerate(stores)]
@@ -125,8 +128,8 @@ def test_an_organization_with_fewer_running_jobs_starts_next_even_if_its_job_is_
     newcomer = _queued_job("org_new")
     for job in busy + [newcomer]:
         store.add(job)
-    first = store.claim_start("r", 30, limit=100)
-    second = store.claim_start("r", 30, limit=100)
+    first = store.claim_start("r", 30, limit=100, move=START)
+    second = store.claim_start("r", 30, limit=100, move=START)
     assert first.organization_id == "org_busy"  # the oldest queued job overall
     assert second.id == newcomer.id  # org_new has none running; org_busy already has one
     store.engine.dispose()
