@@ -245,7 +245,7 @@ def _check_hyperparameter(param: str, name: str, value) -> None:
 
 
 def resolve_hyperparameters(requested: dict, n_examples: int, method: str = "supervised") -> dict:
-    """Turn "auto" into numbers once, from the number of training examples (contract §6).
+    """Turn "auto" into numbers once, from the number of training examples.
 
     n_epochs: OpenAI's heuristic (3, more for small files so that about 100 examples are seen, fewer for huge ones).
     batch_size: about 0.2 % of the examples, from 1 to 256. learning_rate_multiplier: 2.0, 0.5 for reinforcement

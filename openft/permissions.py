@@ -1,4 +1,4 @@
-"""Sharing fine-tuned models and checkpoints (OpenAI's checkpoint permissions, contract §1.2, §2.5).
+"""Sharing fine-tuned models and checkpoints (OpenAI's checkpoint permissions).
 
 OpenAI shares a checkpoint with *projects*; openft has organizations, so a ``project_id`` names the grantee
 organization (the ``--org`` of its keys). A grantee may sample the shared model (``models.resolve``) and see it in

@@ -1,4 +1,4 @@
-"""Wire models: requests and responses exactly as OpenAI shapes them (contract §2, §8). No storage concerns here."""
+"""Wire models: requests and responses exactly as OpenAI shapes them. No storage concerns here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validation of fine-tuning files (contract §4.1–4.5): the rules and their error messages.
+"""Validation of fine-tuning files: the rules and their error messages.
 
 ``validate_training_file`` checks a JSONL file and either counts its examples or names the first problem with its
 1-based line number and the rule broken, as the ``error`` object of a failed job (``code``, ``param``, ``message``).

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def job_schema() -> dict:
-    """The seed's FineTuningJob schema, its status enum extended with pausing and paused (DESIGN §1)."""
+    """The seed's FineTuningJob schema, its status enum extended with pausing and paused."""
     components = yaml.safe_load(SEED_COPY.read_text())
     components["JobStatus"]["enum"] += ["pausing", "paused"]
     schema = dict(components["FineTuningJob"])

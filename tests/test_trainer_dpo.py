@@ -2,7 +2,7 @@
 subprocesses, driven only through the job directory, as the service drives it.
 
 The promises checked: every step reports DPO's figures; a paused-and-resumed job and a killed-and-restarted one
-match an uninterrupted run bitwise (DESIGN.md §3); the reference model is the model the job starts from — the
+match an uninterrupted run bitwise; the reference model is the model the job starts from — the
 base, or the base with an earlier fine-tune merged in (``parent_adapters``) — so the first step's loss is exactly
 ln 2, whatever the starting point; full fine-tuning (``lora`` null) keeps that reference as a frozen copy.
 """

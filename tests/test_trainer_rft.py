@@ -3,7 +3,7 @@ subprocesses, rewarded by real graders, driven only through the job directory, a
 
 The promises checked: every step reports OpenAI's RFT figures and validation steps the full validation reward;
 checkpoints come at validation steps; a job paused in its second epoch and resumed in a new process, and one whose
-worker is killed and restarted from its last checkpoint, match an uninterrupted run bitwise (DESIGN.md §3) — which
+worker is killed and restarted from its last checkpoint, match an uninterrupted run bitwise — which
 needs the prompt order of every epoch to be drawn afresh from the seed; grader failures score 0 and are counted.
 """
 

@@ -2,7 +2,7 @@
 through the job directory (spec.json and control in; events.jsonl, checkpoints, results.csv and result.json out),
 exactly as the service drives it.
 
-The central promise (DESIGN.md §3): a job that is paused and resumed, or whose worker is killed and restarted
+The central promise: a job that is paused and resumed, or whose worker is killed and restarted
 from its last checkpoint, produces bitwise the same per-step losses and final weights as an uninterrupted run.
 """
 

@@ -1,4 +1,4 @@
-"""Preference-file validation (method "dpo", contract §4.3): every rule names its line, the right error code and
+"""Preference-file validation (method "dpo"): every rule names its line, the right error code and
 param; good files, the bundled example data included, pass."""
 
 from __future__ import annotations

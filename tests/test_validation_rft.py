@@ -1,4 +1,4 @@
-"""Reinforcement-file validation (method "reinforcement", contract §4.4): every rule names its line, the right error
+"""Reinforcement-file validation (method "reinforcement"): every rule names its line, the right error
 code and param; good files, the bundled example data included, pass."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The graders of reinforcement fine-tuning (contract §3.2, DESIGN §5): plain functions that score one model
+"""The graders of reinforcement fine-tuning: plain functions that score one model
 sample against one dataset row.
 
 - ``validate_grader(grader) -> grader``: InvalidRequest naming the first bad field (``openft.graders.validate``).

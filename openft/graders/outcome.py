@@ -1,7 +1,7 @@
 """What grading one sample produces: a reward, OpenAI's error flags, and the run response built from them.
 
 A grader that cannot score a sample does not raise to its caller: it scores 0 and raises one flag in
-``metadata.errors`` (contract §1.3). Inside the graders that is a ``GradeError(flag, details)``, caught once by
+``metadata.errors``. Inside the graders that is a ``GradeError(flag, details)``, caught once by
 ``openft.graders.run``.
 """
 
@@ -56,7 +56,7 @@ def errors_object(raised: dict) -> dict:
 
 
 def response(grader: dict, outcome: Outcome, seconds: float) -> dict:
-    """OpenAI's grader run response (contract §1.3)."""
+    """OpenAI's grader run response."""
     total = sum(u["total_tokens"] for u in outcome.usage.values())
     return {
         "reward": outcome.reward,

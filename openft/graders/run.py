@@ -1,6 +1,6 @@
 """Running a grader on one sample: the dispatch from a grader's ``type`` to its function, and multi graders.
 
-``run_grader`` returns OpenAI's run response (contract §1.3) and never raises for a sample that cannot be graded:
+``run_grader`` returns OpenAI's run response and never raises for a sample that cannot be graded:
 that sample scores 0 with an error flag. Only a grader that is itself invalid raises (InvalidRequest, from
 ``validate_grader``), since no sample could ever be graded by it.
 """

@@ -1,4 +1,4 @@
-"""Grader templates (contract §3.3): ``{{item.path}}`` and ``{{sample.path}}`` filled from a dataset row and a sample.
+"""Grader templates: ``{{item.path}}`` and ``{{sample.path}}`` filled from a dataset row and a sample.
 
 A path is names and list indexes: ``{{item.answer}}``, ``{{sample.output_json.city}}``,
 ``{{sample.output_tools[0].function.name}}``; whitespace inside the braces is allowed. Strings are inserted as

@@ -1,4 +1,4 @@
-"""Checking a grader object (contract §3.2) before anything runs it.
+"""Checking a grader object before anything runs it.
 
 The first problem found is an ``InvalidRequest`` whose ``param`` names the field, e.g. ``grader.evaluation_metric``
 or ``grader.graders.fuzzy.input``. Pure Python and cheap: the API runs it in its own process. Unknown fields are

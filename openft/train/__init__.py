@@ -7,7 +7,7 @@ service reads; ``data`` turns OpenAI-format rows into tokens and labels.
 
 
 class JobError(Exception):
-    """A failure with a clear cause, reported as the job's ``error`` (``code`` as in contract §4.6)."""
+    """A failure with a clear cause, reported as the job's ``error`` (its ``code`` as OpenAI names it)."""
 
     def __init__(self, message: str, code: str = "server_error"):
         super().__init__(message)

@@ -3,7 +3,7 @@
 The attempt ends in exactly one of: result.json written by the recipe's outcome (succeeded, paused, cancelled),
 result.json ``failed`` with an error event for any exception, or a kill from outside (no result.json; the
 scheduler recovers). The process exits with ``os._exit`` once everything is flushed and fsync'd, which skips
-~1 s of interpreter and library teardown (prototype §4) — that second is pause latency the user waits for.
+~1 s of interpreter and library teardown — that second is pause latency the user waits for.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run_attempt(job_dir: Path) -> dict:
 
 
 def _error(exc: Exception) -> dict:
-    """The job's ``error`` (contract §4.6): a JobError names the problem; anything else is a server error."""
+    """The job's ``error``: a JobError names the problem; anything else is a server error."""
     if isinstance(exc, JobError):
         return {"code": exc.code, "message": str(exc), "param": None}
     return {"code": "server_error", "message": f"Training failed: {type(exc).__name__}: {exc}", "param": None}

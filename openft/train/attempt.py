@@ -6,7 +6,7 @@ its TRL trainer with ``training_args`` and a ``JobCallback``, ``train(resume_fro
 then ``finish``. What differs between recipes is the trainer and the figures each step reports; the callback takes the
 latter as a function.
 
-Pause and exactness follow notes/training-prototype.md §2–3: control is honoured only at optimizer-step ends; a pause
+Pause and exactness: control is honoured only at optimizer-step ends; a pause
 asks the Trainer to save ``checkpoint-<step>`` (weights, optimizer, scheduler, RNG states, trainer state) and stop;
 every setting that decides the numbers is derived from spec.json alone, so each attempt of a job repeats it.
 

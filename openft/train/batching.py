@@ -2,7 +2,7 @@
 
 Padding-free: a batch is its examples concatenated into one row, with ``position_ids`` restarting at 0 for each
 example and no attention mask. transformers derives a block-diagonal causal mask from those positions (SDPA and
-eager alike), so examples never attend to each other; the prototype measured this 17–40 % faster than padding on
+eager alike), so examples never attend to each other; measured 17–40 % faster than padding on
 CPU, with the same summed loss.
 
 Scoring: only the positions whose next token is trained go through the LM head (``logits_to_keep`` as a boolean

@@ -3,21 +3,21 @@ template.
 
 Owns the answer to "which tokens does the model see, and which does it learn to produce":
 
-* Chat rows ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}`` (contract §4.1) are rendered
+* Chat rows ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}`` are rendered
   with the tokenizer's chat template. Labels cover each assistant turn whose ``weight`` is not 0 (default 1):
   the turn's text up to and including its end-of-turn marker (``<|im_end|>`` in ChatML), but not the role
   header before it nor the whitespace after it. System, developer, user and tool turns are never trained.
-* Legacy rows ``{"prompt", "completion"}`` (contract §4.2) are plain text: ``prompt`` then ``completion`` plus the
+* Legacy rows ``{"prompt", "completion"}`` are plain text: ``prompt`` then ``completion`` plus the
   EOS token (so the model learns to stop, as TRL does for prompt–completion data); only the completion and EOS
   are trained.
 * Preference rows ``{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output": [assistant],
-  "non_preferred_output": [assistant]}`` (contract §4.3, method "dpo") become ``{"prompt_ids", "chosen_ids",
+  "non_preferred_output": [assistant]}`` (method "dpo") become ``{"prompt_ids", "chosen_ids",
   "rejected_ids"}``: the prompt is ``input`` rendered with the generation prompt (``add_generation_prompt``, so it
   ends with the assistant header, exactly what the model sees at inference); chosen and rejected are each output's
   assistant turn as the template renders it after that header — its text, any tool calls (rendered as below), and
   the end-of-turn marker, without the whitespace after it. The prompt and each completion are tokenised apart, as
   at inference, where the prompt is tokenised alone and the completion generated.
-* Reinforcement rows ``{"messages": [...], "tools"?: [...], <any other key>}`` (contract §4.4, method
+* Reinforcement rows ``{"messages": [...], "tools"?: [...], <any other key>}`` (method
   "reinforcement") become ``{"prompt_ids", "item"}``: the prompt is the conversation rendered with the generation
   prompt, exactly as the inference side renders a chat request, so the model is trained on what it will be asked;
   ``item`` is the row without ``messages`` and ``tools``, what a grader reads as ``{{item.<key>}}``. A prompt

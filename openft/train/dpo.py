@@ -8,7 +8,7 @@ the starting model, with an earlier fine-tune merged in (``spec["parent_adapters
 The reference model is the starting model itself. With LoRA it is the policy with its adapter disabled (TRL does
 this when it is given a PEFT model and no ``ref_model``), so no second copy of the weights is held. Full
 fine-tuning needs a frozen copy: it is loaded here exactly like the policy (base, plus the parent merged in), never
-from a checkpoint, so that a resumed attempt compares against the same reference (notes/training-prototype.md §3).
+from a checkpoint, so that a resumed attempt compares against the same reference.
 
 Specific to DPO: the sigmoid loss of the DPO paper with ``beta`` from ``spec["hyperparameters"]``; dropout
 disabled in policy and reference (TRL's DPO default: a pair's two log-ratios must come from the same function, so

@@ -2,7 +2,7 @@
 
 Every attempt of a job (the first and each resume) loads the model the same way, from the ORIGINAL base folder:
 the Trainer then restores the trained weights from its checkpoint. Loading a checkpoint as the base instead would
-break exactness, and for DPO it would make the reference model equal the policy (notes/training-prototype.md §3).
+break exactness, and for DPO it would make the reference model equal the policy.
 
 A job that continues an earlier fine-tuned model (``spec["parent_adapters"]``: the lineage of that ``ft:`` model,
 the PEFT adapter folders of its jobs' ``checkpoints/final``, oldest first) gets the base with those adapters merged

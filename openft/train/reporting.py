@@ -1,7 +1,7 @@
 """What a training attempt tells the service: the records of events.jsonl, durable checkpoints, and results.csv.
 
 Every record format is defined in ``openft.jobdir``; this module only builds them (OpenAI's wording for metrics
-messages, contract §2.3) and makes files durable before they are announced, because the service may act on a
+messages) and makes files durable before they are announced, because the service may act on a
 record (e.g. resume from a checkpoint) after this process has been killed.
 """
 

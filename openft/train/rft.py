@@ -35,7 +35,7 @@ before them is ``output_text``, and ``output_json`` is the text parsed as JSON w
 warning event names each kind of failure the first time it occurs in an attempt). Graders that wait on another
 process (python, score_model, label_model) grade a batch 8 samples at a time; the others one after another.
 
-Exactness (notes/training-prototype.md §2–3): TRL's RepeatSampler draws every epoch's order from one generator
+Exactness: TRL's RepeatSampler draws every epoch's order from one generator
 seeded once, so a process that resumes in epoch 2 would replay epoch 1's order; ``PromptSampler`` draws epoch
 ``e``'s order from ``seed + e`` instead. With one generation per optimizer step, every step ends on a generation
 buffer boundary, the only place a pause is exact, so ``attempt.JobCallback`` may pause at any step end.
