@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from openft import jobs, models, validation
+from openft import files, jobs, models
 from openft import protocol as p
 from openft.blobs import Blobs
 from openft.config import Settings
@@ -61,12 +61,9 @@ def plan(store: Store, blobs: Blobs, settings: Settings, scope: Scope, req: p.Cr
 
 
 def _validated(store: Store, blobs: Blobs, file_id: str, param: str, settings: Settings, kind: str) -> bytes:
-    try:
-        data = blobs.get(store.file_blob_key(file_id))
-    except FileNotFoundError:
-        raise InvalidRequest(f"File {file_id} no longer exists.", param=param, code=f"invalid_{param}") from None
+    """The file's bytes, or the 400 whose code, param and message a job on it would fail with."""
     minimum = settings.min_examples if param == "training_file" else 1
-    report = validation.validate_training_file(data, param=param, min_examples=minimum, method=kind)
+    report, data = files.validate(store, blobs, file_id, param, minimum, kind)
     if report.error:
         raise InvalidRequest(report.error["message"], param=report.error["param"], code=report.error["code"])
     return data

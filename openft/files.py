@@ -9,11 +9,13 @@ expiry of a file it was created with.
 from __future__ import annotations
 
 from openft import protocol as p
+from openft import validation
 from openft import tables as t
+from openft.blobs import Blobs
 from openft.services import Services
 from openft.errors import InvalidRequest, NotFound
 from openft.ids import new_id, now
-from openft.store import Scope
+from openft.store import Scope, Store
 
 PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
 MAX_LIFETIME = 30 * 24 * 3600
@@ -105,3 +107,18 @@ def to_wire(row: t.File) -> p.FileObject:
         id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename, purpose=row.purpose,
         status=row.status, expires_at=row.expires_at,
     )
+
+
+def validate(store: Store, blobs: Blobs, file_id: str, param: str, min_examples: int,
+             method: str) -> tuple[validation.ValidationReport, bytes | None]:
+    """The validation report of a stored training or validation file, and its bytes (a file whose bytes are gone
+    is an error of its own): what a job's validation and a dry run both go by."""
+    key = store.file_blob_key(file_id)
+    try:
+        data = blobs.get(key) if key else None
+    except FileNotFoundError:
+        data = None
+    if data is None:
+        error = {"code": f"invalid_{param}", "param": param, "message": f"File {file_id} no longer exists."}
+        return validation.ValidationReport(n_examples=0, format=None, error=error), None
+    return validation.validate_training_file(data, param=param, min_examples=min_examples, method=method), data

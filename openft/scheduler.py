@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import files, integrations, jobdir, jobs, models, uploads, validation
+from openft import files, integrations, jobdir, jobs, models, uploads
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
@@ -80,9 +80,10 @@ class Scheduler:
 
     def validate(self, job: t.Job) -> None:
         kind = job.method["type"]
-        report = self._check(job.training_file, "training_file", self.settings.min_examples, kind)
+        report, _ = files.validate(self.store, self.blobs, job.training_file, "training_file",
+                                   self.settings.min_examples, kind)
         if report.error is None and job.validation_file:
-            checked = self._check(job.validation_file, "validation_file", 1, kind)
+            checked, _ = files.validate(self.store, self.blobs, job.validation_file, "validation_file", 1, kind)
             report = checked if checked.error else report
         if report.error:
             event = {"message": report.error["message"], "level": "error"}
@@ -91,7 +92,8 @@ class Scheduler:
         hp = jobs.resolve_hyperparameters(job.method[kind]["hyperparameters"], report.n_examples, kind)
         method = {**job.method, kind: {**job.method[kind], "hyperparameters": hp}}
         steps = jobs.total_steps(hp, report.n_examples)
-        lr = self.settings.base_learning_rate * hp["learning_rate_multiplier"]
+        spec = self._freeze(job, method)
+        lr = spec.hyperparameters["learning_rate"]
         listed = ", ".join(f"{name}={value}" for name, value in hp.items())
         events = [
             {"message": f"Files validated: {report.n_examples} training examples"},
@@ -104,7 +106,7 @@ class Scheduler:
         jobs.move(
             self.store, job.id, job.status, "validated", events,
             validated=True, n_examples=report.n_examples, hyperparameters=jobs.top_hyperparameters(method),
-            method=method, spec=self._freeze(job, method).to_json(),
+            method=method, spec=spec.to_json(),
         )
 
     def _freeze(self, job: t.Job, method: dict) -> TrainingSpec:
@@ -123,18 +125,6 @@ class Scheduler:
             lora=None if s.full_fine_tuning else Lora(r=s.lora_r, alpha=s.lora_alpha, dropout=s.lora_dropout),
             max_length=s.max_length, grader=method[kind].get("grader") if kind == "reinforcement" else None,
         )
-
-    def _check(self, file_id: str, param: str, min_examples: int, kind: str) -> validation.ValidationReport:
-        key = self.store.file_blob_key(file_id)
-        try:
-            data = self.blobs.get(key) if key else None
-        except FileNotFoundError:
-            data = None
-        if data is None:
-            code = f"invalid_{param}"
-            error = {"code": code, "param": param, "message": f"File {file_id} no longer exists."}
-            return validation.ValidationReport(n_examples=0, format=None, error=error)
-        return validation.validate_training_file(data, param=param, min_examples=min_examples, method=kind)
 
     # ---- queued → running ------------------------------------------------------------------------------------
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from openft.jobdir import fsync_dir
