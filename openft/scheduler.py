@@ -36,7 +36,7 @@ from openft.store import Store
 log = logging.getLogger("openft.scheduler")
 KEEP_CHECKPOINTS = 3
 # What an executor's poll may say of an attempt that ended without a result, beyond "exited".
-_WHY = {"lost": "its node was lost", "unplaced": "found no node with the resources it asks for in time"}
+_WHY = {"lost": "lost its node", "unplaced": "found no node with the resources it asks for in time"}
 
 
 class Scheduler:
@@ -192,7 +192,7 @@ class Scheduler:
         job = self.store.get_job(None, job.id)
         result = jobdir.read_json(job_dir / jobdir.RESULT)
         if result is None:
-            self._recover(job, job_dir, _WHY.get(state, "it exited without a result"))
+            self._recover(job, job_dir, _WHY.get(state, "exited without a result"))
         elif result["status"] == "succeeded":
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":
