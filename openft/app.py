@@ -3,6 +3,7 @@ OpenAI's envelope, an x-request-id on every response, and the scheduler started 
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -38,7 +39,7 @@ def build_services(settings: Settings) -> Services:
     url = settings.resolved_database_url()
     migrate(url)
     store = Store(url)
-    return Services(settings=settings, store=store, blobs=Blobs(settings.resolved_blob_url()), open_mode=not store.has_keys())
+    return Services(settings=settings, store=store, blobs=Blobs(settings.resolved_blob_url(), json.loads(settings.blob_options)), open_mode=not store.has_keys())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

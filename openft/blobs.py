@@ -8,8 +8,8 @@ import fsspec
 
 
 class Blobs:
-    def __init__(self, url: str):
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+    def __init__(self, url: str, options: dict | None = None):
+        self.fs, self.root = fsspec.core.url_to_fs(url, **(options or {}))
         self.fs.makedirs(self.root, exist_ok=True)
 
     def _path(self, key: str) -> str:

@@ -135,7 +135,7 @@ def _export(settings: Settings, name: str, org: str, fmt: str, out: Path) -> int
         print(f"{name} is a base model: its folder is {ref.base_path}", file=sys.stderr)
         return 2
     try:
-        folder = models.export(ref, fmt, out)
+        folder = models.export(settings, ref, fmt, out)
     except RuntimeError as err:
         print(err, file=sys.stderr)
         return 2

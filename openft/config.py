@@ -20,7 +20,20 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/openft.db. PostgreSQL: postgresql+psycopg://…"
     )
-    blob_url: str | None = Field(None, description="fsspec URL for file bytes and results; default <data_dir>/blobs.")
+    blob_url: str | None = Field(
+        None, description="fsspec URL of the durable store (uploaded files, results, checkpoints and final models), "
+        "e.g. s3://bucket/prefix; default <data_dir>/blobs."
+    )
+    blob_options: str = Field(
+        "{}", description='fsspec storage options for blob_url as JSON, e.g. {"endpoint_url": "http://minio:9000", '
+        '"client_kwargs": {"region_name": "eu-west-1"}} (default: the usual AWS variables: AWS_ENDPOINT_URL, '
+        "AWS_DEFAULT_REGION, …). No secrets here: they travel to training nodes in spec.json; keys come from "
+        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile) in each process's environment."
+    )
+    checkpoint_cache_bytes: int = Field(
+        20 << 30, ge=0, description="Bytes of checkpoints fetched from a remote blob_url that each host keeps in "
+        "<data_dir>/cache for training, sampling and export (least recently used ones are dropped first)."
+    )
     host: str = Field("127.0.0.1", description="Address `openft serve` listens on.")
     port: int = Field(8000, description="Port `openft serve` listens on.")
     max_file_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes (OpenAI: 512 MB).")
@@ -171,6 +184,11 @@ class Settings(BaseSettings):
 
     def resolved_blob_url(self) -> str:
         return self.blob_url or str((self.data_dir / "blobs").resolve())
+
+    def checkpoint_store(self) -> dict:
+        """Where training attempts publish checkpoints and where hosts cache them (``openft.durable.Config``)."""
+        return {"url": self.resolved_blob_url(), "cache_dir": str((self.data_dir / "cache").resolve()),
+                "cache_bytes": self.checkpoint_cache_bytes, "options": json.loads(self.blob_options)}
 
     @property
     def jobs_dir(self) -> Path:

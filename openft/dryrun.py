@@ -41,7 +41,7 @@ def plan(store: Store, blobs: Blobs, settings: Settings, scope: Scope, req: p.Cr
     files = {"training_file": req.training_file, "validation_file": req.validation_file}
     datas = {param: _validated(store, blobs, file_id, param, settings, kind)
              for param, file_id in files.items() if file_id}
-    ref = models.resolve(store, settings, scope.org, req.model)
+    ref = models.materialize(settings, models.resolve(store, settings, scope.org, req.model))
     counts = _count_tokens(settings, kind, ref.base_path, method[kind]["hyperparameters"], datas)
     n_examples = counts["training_file"]["n_examples"]
     hp = jobs.resolve_hyperparameters(method[kind]["hyperparameters"], n_examples, kind)

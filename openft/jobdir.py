@@ -7,7 +7,8 @@ Layout of ``JOB_DIR``::
     spec.json        written by the service before each attempt: the fully resolved job (see ``Spec`` keys below)
     control          written by the service: "pause" or "cancel"; the trainer polls it at every optimizer step
     events.jsonl     appended by the trainer, read by the service from a stored byte offset (one record a line)
-    checkpoints/     Trainer checkpoints (``checkpoint-<step>``) and the final adapter (``final``)
+    checkpoints/     Trainer checkpoints (``checkpoint-<step>``) and the final adapter (``final``): scratch, once
+                     published to the checkpoint store (``openft.durable``)
     results.csv      the per-step metrics table (OpenAI's columns), written by the trainer at the end
     result.json      written last and atomically by an attempt that ends on its own (see ``write_result``)
 
@@ -20,9 +21,11 @@ read back with ``read_attempt``). Keys: ``job_id``, ``method`` ("supervised", "d
 steps between validations), ``eval_samples`` (int, completions per validation prompt) and ``reasoning_effort``
 ("default", "low", "medium" or "high"); how ``openft.train.rft`` maps them onto sampling is in its docstring),
 ``seed``, ``lora`` (``r``, ``alpha``, ``dropout``; null means full fine-tuning), ``max_length``, ``resume_from``
-(a checkpoint directory relative to JOB_DIR, or null), ``attempt`` (1, 2, …),
-``parent_adapters`` (absolute LoRA adapter folders to merge into the base, in order, before training: the lineage
-of an ``ft:`` model the job trains on; empty for a catalog model). For "reinforcement" also: ``grader`` (a grader
+(a checkpoint's location in the checkpoint store, or a directory relative to JOB_DIR, or null), ``attempt``
+(1, 2, …), ``parent_adapters`` (LoRA adapter locations or absolute folders to merge into the base, in order, before
+training: the lineage of an ``ft:`` model the job trains on; empty for a catalog model; ``base_model_path`` may be a
+location too: a fully fine-tuned model), ``checkpoint_store`` (where checkpoints are published and fetched
+locations are cached: ``openft.durable.Config`` as an object; null: checkpoints stay in JOB_DIR only). For "reinforcement" also: ``grader`` (a grader
 object as validated by ``openft.graders.validate_grader``) and ``grader_endpoint`` (``{"base_url": str,
 "api_key": str | null}``, the OpenAI-compatible endpoint score_model and label_model graders ask; may be absent,
 then the graders' default). ``wandb``: null, or where a job with the wandb integration reports
@@ -45,7 +48,8 @@ Records in ``events.jsonl`` (every record has ``kind`` and ``ts``, a unix time i
   ``full_valid_mean_parse_error``, ``full_valid_mean_grader_error`` and ``eval_time_s`` (no
   ``train_mean_token_accuracy``; definitions in ``openft.train.rft``)
 * ``{"kind": "checkpoint", "step": int, "path": "checkpoints/checkpoint-3", "reason": "epoch"|"eval"|"pause"|"final",
-  "metrics": {...}}`` – a complete, fsync'd checkpoint whose model can be sampled; ``metrics`` are the step's
+  "metrics": {...}, "location": str}`` – a complete, fsync'd checkpoint whose model can be sampled, and (with a
+  ``checkpoint_store``) its ``location`` there, written only once it is wholly published; ``metrics`` are the step's
   numeric metrics (nested ones such as ``scores`` stay in the metrics record). "eval" checkpoints are those of
   "reinforcement" jobs, at each validation step but the last, in place of epoch ends
 * ``{"kind": "progress", "step": int, "total_steps": int, "seconds_per_step": float}`` – for ``estimated_finish``

@@ -16,13 +16,13 @@ removes them (``collect``).
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from openft import durable
 from openft import tables as t
 from openft.config import Settings
 from openft.errors import Forbidden, InvalidRequest, NotFound
@@ -37,8 +37,8 @@ MAX_LINEAGE = 16
 class ModelRef:
     name: str
     base: str  # the catalog name at the root of the lineage
-    base_path: Path
-    adapters: list[str] = field(default_factory=list)  # absolute adapter folders, applied in order
+    base_path: str  # a catalog folder, or (fully fine-tuned) the location of a checkpoint (openft.durable)
+    adapters: list[str] = field(default_factory=list)  # adapter locations (openft.durable), applied in order
     created: int = BASE_CREATED
     owned_by: str = "openft"
     whole: bool = False  # a fully fine-tuned model: base_path is its own folder, with no adapters
@@ -48,7 +48,7 @@ class ModelRef:
 
 def lineage(ref: ModelRef) -> Lineage:
     """The weights a job trained on ``ref`` starts from."""
-    return Lineage(root_model=ref.base, base_model_path=str(ref.base_path), parent_adapters=tuple(ref.adapters),
+    return Lineage(root_model=ref.base, base_model_path=ref.base_path, parent_adapters=tuple(ref.adapters),
                    owners=tuple(sorted(ref.owners)))
 
 
@@ -60,10 +60,10 @@ def _lineage_paths(spec: dict | None) -> list[str]:
     return [frozen["base_model_path"], *frozen["parent_adapters"]] if frozen else []
 
 
-def is_whole_model(path: str) -> bool:
+def is_whole_model(settings: Settings, path: str) -> bool:
     """A checkpoint of full fine-tuning holds a whole model (config.json + weights) rather than a LoRA adapter."""
-    folder = Path(path)
-    return (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file()
+    names = durable.open_store(settings.checkpoint_store()).files(path)
+    return "config.json" in names and "adapter_config.json" not in names
 
 
 def _lineage(store: Store, catalog: dict, row: t.Checkpoint) -> tuple[list[t.Checkpoint], str]:
@@ -90,7 +90,7 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     """The model ``name`` as ``org`` sees it; 404 ``model_not_found`` for unknown names and other orgs' models."""
     catalog = settings.catalog()
     if name in catalog:
-        return ModelRef(name=name, base=name, base_path=Path(catalog[name]))
+        return ModelRef(name=name, base=name, base_path=str(catalog[name]))
     row = store.model_by_name(org, name) or store.shared_model(org, name)
     if row is None:
         raise not_found(name)
@@ -99,30 +99,30 @@ def resolve(store: Store, settings: Settings, org: str, name: str) -> ModelRef:
     frozen = (job.spec or {}).get("lineage")
     if frozen:
         owner["owners"] = frozenset(frozen.get("owners", ())) | {row.organization_id}
-        if is_whole_model(row.path):
-            return ModelRef(base=frozen["root_model"], base_path=Path(row.path), whole=True, **owner)
-        return ModelRef(base=frozen["root_model"], base_path=Path(frozen["base_model_path"]),
+        if is_whole_model(settings, row.path):
+            return ModelRef(base=frozen["root_model"], base_path=row.path, whole=True, **owner)
+        return ModelRef(base=frozen["root_model"], base_path=frozen["base_model_path"],
                         adapters=[*frozen["parent_adapters"], row.path], **owner)
-    return _resolve_by_names(store, catalog, row, owner)
+    return _resolve_by_names(store, settings, row, owner)
 
 
-def _resolve_by_names(store: Store, catalog: dict, row: t.Checkpoint, owner: dict) -> ModelRef:
+def _resolve_by_names(store: Store, settings: Settings, row: t.Checkpoint, owner: dict) -> ModelRef:
     """A model of a job created before lineages were frozen with jobs: its chain is found by name."""
-    name = owner["name"]
+    name, catalog = owner["name"], settings.catalog()
     rows, root = _lineage(store, catalog, row)
     owner = {**owner, "owners": frozenset(link.organization_id for link in rows)}
     for i, link in enumerate(rows):
-        if is_whole_model(link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
+        if is_whole_model(settings, link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
             adapters = [r.path for r in reversed(rows[:i])]
-            return ModelRef(base=root, base_path=Path(link.path), adapters=adapters, whole=i == 0, **owner)
+            return ModelRef(base=root, base_path=link.path, adapters=adapters, whole=i == 0, **owner)
     if root not in catalog:  # a link of the chain is gone: the model cannot be rebuilt
         raise not_found(name)
-    return ModelRef(base=root, base_path=Path(catalog[root]), adapters=[r.path for r in reversed(rows)], **owner)
+    return ModelRef(base=root, base_path=str(catalog[root]), adapters=[r.path for r in reversed(rows)], **owner)
 
 
 def list_models(store: Store, settings: Settings, org: str) -> list[ModelRef]:
     """The catalog, then ``org``'s own fine-tuned models and checkpoints, then those shared with it."""
-    refs = [ModelRef(name=n, base=n, base_path=Path(p)) for n, p in settings.catalog().items()]
+    refs = [ModelRef(name=n, base=n, base_path=str(p)) for n, p in settings.catalog().items()]
     for row in store.org_models(org) + store.models_shared_with(org):
         try:
             refs.append(resolve(store, settings, org, row.model_name))
@@ -150,11 +150,12 @@ def release(store: Store, settings: Settings, job: t.Job) -> None:
 
 
 def collect(store: Store, settings: Settings, paths: list[str]) -> None:
-    """Remove those of ``paths`` (weights under the jobs folder, never a catalog model) that no listed model points
-    at and no job still needs: a job needs the weights of its lineage while it may still train (it is not
-    finished) or while any of its own models is listed."""
-    jobs_dir = settings.jobs_dir
-    paths = [p for p in dict.fromkeys(paths) if Path(p).resolve().is_relative_to(jobs_dir)]
+    """Remove those of ``paths`` (checkpoints in the store or under the jobs folder, never a catalog model) that no
+    listed model points at and no job still needs: a job needs the weights of its lineage while it may still train
+    (it is not finished) or while any of its own models is listed."""
+    checkpoints = durable.open_store(settings.checkpoint_store())
+    paths = [p for p in dict.fromkeys(paths)
+             if checkpoints.owns(p) or ("://" not in p and Path(p).resolve().is_relative_to(settings.jobs_dir))]
     if not paths:
         return
     needed = store.checkpoint_paths(paths)
@@ -164,16 +165,28 @@ def collect(store: Store, settings: Settings, paths: list[str]) -> None:
             needed |= wanted
     for path in paths:
         if path not in needed:
-            shutil.rmtree(path, ignore_errors=True)
+            checkpoints.remove(path)
+
+
+def materialize(settings: Settings, ref: ModelRef) -> ModelRef:
+    """``ref`` with local folders for its weights: checkpoints in a remote store are fetched into the host's cache
+    (``openft.durable``). Sampling and export run on what this returns."""
+    checkpoints = durable.open_store(settings.checkpoint_store())
+    try:
+        return replace(ref, base_path=str(checkpoints.materialize(ref.base_path)),
+                       adapters=[str(checkpoints.materialize(a)) for a in ref.adapters])
+    except durable.Incomplete as exc:
+        raise NotFound(f"The weights of the model '{ref.name}' are not available: {exc}", code="model_not_found") from None
 
 
 EXPORT_FORMATS = ("adapter", "merged")
 
 
-def export(ref: ModelRef, fmt: str, out: Path, archive: bool = False) -> Path:
+def export(settings: Settings, ref: ModelRef, fmt: str, out: Path, archive: bool = False) -> Path:
     """Write ``ref`` as ``fmt`` (a folder, or a .tar.gz when ``archive``) in a torch process of its own
     (``python -m openft.export``), so that neither the API nor the CLI import torch."""
-    command = [sys.executable, "-m", "openft.export", "--base", str(ref.base_path), "--base-name", ref.base,
+    ref = materialize(settings, ref)
+    command = [sys.executable, "-m", "openft.export", "--base", ref.base_path, "--base-name", ref.base,
                "--format", fmt, "--out", str(out)]
     for adapter in ref.adapters:
         command += ["--adapter", adapter]
@@ -212,7 +225,7 @@ def export_archive(settings: Settings, ref: ModelRef, fmt: str) -> Path:
         lock = _EXPORTS.setdefault(path, threading.Lock())
     with lock:  # concurrent downloads of one model and format wait for one export process
         if not path.exists():
-            export(ref, fmt, path, archive=True)
+            export(settings, ref, fmt, path, archive=True)
     return path
 
 

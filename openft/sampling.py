@@ -43,7 +43,7 @@ def _model(svc: Services, who: Scope, body: dict) -> tuple[str, dict]:
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise InvalidRequest("model is required: the name of a base, fine-tuned or checkpoint model.", param="model")
-    ref = models.resolve(svc.store, svc.settings, who.org, name)
+    ref = models.materialize(svc.settings, models.resolve(svc.store, svc.settings, who.org, name))
     adapter = ref.adapters[-1] if ref.adapters else None
     return name, {"base": str(ref.base_path), "adapter": adapter, "parents": ref.adapters[:-1]}
 

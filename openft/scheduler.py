@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from openft import files, integrations, jobdir, jobs, models, uploads
+from openft import durable, files, integrations, jobdir, jobs, models, uploads
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
@@ -43,6 +43,7 @@ class Scheduler:
     def __init__(self, store: Store, blobs: Blobs, settings: Settings, executor):
         self.store, self.blobs, self.settings, self.executor = store, blobs, settings, executor
         self.replica = settings.resolved_replica_id()
+        self.checkpoints = durable.open_store(settings.checkpoint_store())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -167,7 +168,8 @@ class Scheduler:
             endpoint = grader_endpoint(self.settings, job.organization_id, job.id)
         attempt_spec = AttemptSpec(training_file=paths["training_file"], validation_file=paths.get("validation_file"),
                                    resume_from=job.resume_from, attempt=attempt, grader_endpoint=endpoint,
-                                   wandb=integrations.wandb_spec(job, self.settings))
+                                   wandb=integrations.wandb_spec(job, self.settings),
+                                   checkpoint_store=self.settings.checkpoint_store())
         spec = attempt_json(frozen, attempt_spec)
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
@@ -197,8 +199,10 @@ class Scheduler:
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":
             step = int(Path(result["checkpoint"]).name.rsplit("-", 1)[-1])
+            at = next((c.path for c in self.store.checkpoints_of(job.id) if c.reason == "pause" and c.step_number == step),
+                      result["checkpoint"])
             jobs.move(self.store, job.id, job.status, "paused", [{"message": f"Job paused at step {step}"}],
-                      resume_from=result["checkpoint"], worker=None, estimated_finish=None)
+                      resume_from=at, worker=None, estimated_finish=None)
         else:
             error = result.get("error") or {"code": "server_error", "param": None, "message": "Training failed"}
             jobs.move(self.store, job.id, job.status, "fail", [{"message": error["message"], "level": "error"}],
@@ -212,6 +216,7 @@ class Scheduler:
             return
         # Cancelled jobs keep no checkpoints, nor need the weights they were trained on.
         self.store.delete_checkpoints([c.id for c in self.store.checkpoints_of(job.id)])
+        self.checkpoints.remove_prefix(durable.job_key(job.id, jobdir.CHECKPOINTS))
         shutil.rmtree(job_dir / jobdir.CHECKPOINTS, ignore_errors=True)
         models.release(self.store, self.settings, job)
         jobs.move(self.store, job.id, job.status, "stopped", worker=None, cancel_requested_at=None)
@@ -232,14 +237,14 @@ class Scheduler:
             f"Training attempt {job.attempt} {why}; {then}, resuming {where} "
             f"(recovery {crashes} of {self.settings.max_attempts - 1})"
         )
-        resume_from = os.path.relpath(resume.path, job_dir) if resume else None
         jobs.move(self.store, job.id, job.status, "crashed", [{"message": message, "level": "warn"}],
-                  worker=None, crashes=crashes, resume_from=resume_from, estimated_finish=None)
+                  worker=None, crashes=crashes, resume_from=resume.path if resume else None, estimated_finish=None)
 
     def _last_resumable(self, job: t.Job) -> t.Checkpoint | None:
-        """The newest checkpoint that carries the full trainer state (epoch or pause, never the final adapter)."""
+        """The newest checkpoint that carries the full trainer state (epoch or pause, never the final adapter) and
+        is whole in the store."""
         done = [c for c in self.store.checkpoints_of(job.id) if c.reason in ("epoch", "eval", "pause")]
-        done = [c for c in done if (Path(c.path) / "trainer_state.json").exists()]
+        done = [c for c in done if "trainer_state.json" in self.checkpoints.files(c.path)]
         return max(done, key=lambda c: c.step_number, default=None)
 
     def _succeed(self, job: t.Job, job_dir: Path, result: dict) -> None:
@@ -303,7 +308,8 @@ class Scheduler:
         metrics = {"step": float(r["step"]), **(r.get("metrics") or {})}
         return t.Checkpoint(
             id=new_id("ftckpt"), job_id=job.id, organization_id=job.organization_id, created_at=int(r["ts"]),
-            model_name=name, step_number=r["step"], metrics=metrics, reason=r["reason"], path=str(job_dir / r["path"]),
+            model_name=name, step_number=r["step"], metrics=metrics, reason=r["reason"],
+            path=r.get("location") or str(job_dir / r["path"]),  # a trainer that published it says where
         )
 
     def _rotate(self, job: t.Job, job_dir: Path) -> None:
@@ -315,14 +321,21 @@ class Scheduler:
         evals = sorted((c for c in rows if c.reason == "eval"),
                        key=lambda c: (c.metrics.get("full_valid_mean_reward") or 0.0, c.step_number), reverse=True)
         old = epochs[:-KEEP_CHECKPOINTS] + evals[KEEP_CHECKPOINTS:]
-        keep = {str(job_dir / job.resume_from) if job.resume_from else None}
+        keep = {_where(job_dir, job.resume_from) if job.resume_from else None}
         if rows:
             keep.add(max(rows, key=lambda c: c.step_number).path)
         old = [c for c in old if c.path not in keep]
         self.store.delete_checkpoints([c.id for c in old])
         for c in old:
-            shutil.rmtree(c.path, ignore_errors=True)
+            self.checkpoints.remove(c.path)
+            shutil.rmtree(job_dir / jobdir.CHECKPOINTS / Path(c.path).name, ignore_errors=True)  # the scratch copy
             models.remove_exports(self.settings, c.model_name)
+
+
+def _where(job_dir: Path, resume_from: str) -> str:
+    """A job's ``resume_from`` as a checkpoint row's path: a location, or (jobs paused before checkpoints were
+    published) a folder relative to the job's folder."""
+    return resume_from if "://" in resume_from or os.path.isabs(resume_from) else str(job_dir / resume_from)
 
 
 def _log_tail(path: Path, limit: int = 500) -> str:

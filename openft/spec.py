@@ -69,6 +69,7 @@ class AttemptSpec:
     attempt: int
     grader_endpoint: dict | None = None
     wandb: dict | None = None  # where the attempt reports to W&B (server credentials included); None: it does not
+    checkpoint_store: dict | None = None  # where checkpoints are published (openft.durable.Config); None: nowhere
 
 
 def attempt_json(spec: TrainingSpec, attempt: AttemptSpec) -> dict:
@@ -95,5 +96,6 @@ def read_attempt(data: dict) -> tuple[TrainingSpec, AttemptSpec]:
                         max_length=data["max_length"], grader=data.get("grader"))
     attempt = AttemptSpec(training_file=data["training_file"], validation_file=data.get("validation_file"),
                           resume_from=data.get("resume_from"), attempt=data.get("attempt") or 1,
-                          grader_endpoint=data.get("grader_endpoint"), wandb=data.get("wandb"))
+                          grader_endpoint=data.get("grader_endpoint"), wandb=data.get("wandb"),
+                          checkpoint_store=data.get("checkpoint_store"))
     return spec, attempt

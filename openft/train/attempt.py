@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from openft import jobdir
+from openft import durable, jobdir
 from openft.train import JobError, reporting, wandb_report
 
 FINAL_CHECKPOINT = f"{jobdir.CHECKPOINTS}/final"
@@ -39,8 +39,11 @@ FINAL_CHECKPOINT = f"{jobdir.CHECKPOINTS}/final"
 def resume_dir(job_dir: Path, spec: dict) -> Path | None:
     if not spec.get("resume_from"):
         return None
-    path = job_dir / spec["resume_from"]
-    if not (path / "trainer_state.json").is_file():
+    try:
+        path = durable.attempt_folder(spec, spec["resume_from"], job_dir)
+    except durable.Incomplete:
+        path = None
+    if path is None or not (path / "trainer_state.json").is_file():
         raise JobError(f"Checkpoint to resume from not found or incomplete: {spec['resume_from']}")
     return path
 

@@ -21,6 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from openft import durable
 from openft.train import JobError
 
 
@@ -34,9 +35,9 @@ def load_tokenizer(spec: dict):
 def load_base_model(spec: dict):
     """The fp32 base model of ``spec``, with the adapters of ``spec["parent_adapters"]`` merged in, in order."""
     model = AutoModelForCausalLM.from_pretrained(_base_path(spec), dtype=torch.float32)
-    parents = spec.get("parent_adapters") or []
+    parents = [_folder(spec, parent) for parent in spec.get("parent_adapters") or []]
     for parent in parents:
-        if not (Path(parent) / "adapter_config.json").is_file():
+        if not (parent / "adapter_config.json").is_file():
             raise JobError(f"The fine-tuned model to start from has no adapter at {parent}")
         model = PeftModel.from_pretrained(model, parent).merge_and_unload()
     if parents:
@@ -59,7 +60,15 @@ def lora_config(spec: dict) -> LoraConfig | None:
 
 
 def _base_path(spec: dict) -> Path:
-    base = Path(spec["base_model_path"])
+    base = _folder(spec, spec["base_model_path"])
     if not (base / "config.json").is_file():
-        raise JobError(f"Base model folder not found or incomplete: {base}")
+        raise JobError(f"Base model folder not found or incomplete: {spec['base_model_path']}")
     return base
+
+
+def _folder(spec: dict, where: str) -> Path:
+    """A local folder for weights spec.json names: a catalog folder, or a checkpoint fetched from the store."""
+    try:
+        return durable.attempt_folder(spec, where)
+    except durable.Incomplete as exc:
+        raise JobError(f"The model to start from is not available: {exc}") from None

@@ -12,7 +12,7 @@ import io
 import os
 from pathlib import Path
 
-from openft import jobdir
+from openft import durable, jobdir
 
 RESULTS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 
@@ -63,6 +63,8 @@ def progress(job_dir: Path, step: int, total_steps: int, seconds_per_step: float
 
 def checkpoint(job_dir: Path, step: int, path: str, reason: str, step_metrics: dict) -> None:
     """Announce the checkpoint at ``job_dir/path``, made durable first: only complete checkpoints are reported.
+    Durable means on this disk (fsync'd) and, where spec.json names a ``checkpoint_store``, published there
+    (``openft.durable``): the record then carries its ``location``.
 
     Its metrics are the step's numbers (OpenAI's checkpoint ``metrics`` hold floats only: nested objects such as
     RFT's ``scores`` stay in the metrics event)."""
@@ -70,6 +72,10 @@ def checkpoint(job_dir: Path, step: int, path: str, reason: str, step_metrics: d
     fields = {k: v for k, v in step_metrics.items()
               if k != "total_steps" and (v is None or isinstance(v, (int, float)))}
     record = {"kind": "checkpoint", "step": step, "path": path, "reason": reason, "metrics": fields}
+    spec = jobdir.read_json(job_dir / jobdir.SPEC) or {}
+    if spec.get("checkpoint_store"):
+        store = durable.open_store(spec["checkpoint_store"])
+        record["location"] = store.publish(job_dir / path, durable.job_key(spec["job_id"], path))
     jobdir.append_record(job_dir, record)
 
 
