@@ -17,6 +17,7 @@ result.json (kill -9, OOM, a service restart that lost it) is re-queued from its
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -151,6 +152,7 @@ class Scheduler:
         job_dir.mkdir(parents=True, exist_ok=True)
         for name in (jobdir.RESULT, jobdir.CONTROL):
             (job_dir / name).unlink(missing_ok=True)
+        self._restore_events(job, job_dir)
         wanted = {"training_file": job.training_file, "validation_file": job.validation_file}
         paths = {}
         for param, file_id in wanted.items():
@@ -173,6 +175,21 @@ class Scheduler:
         spec = attempt_json(frozen, attempt_spec)
         jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
         return job_dir
+
+    def _restore_events(self, job: t.Job, job_dir: Path) -> None:
+        """A job folder is scratch: one that lost its events file (a wiped disk, another host) gets back the metrics
+        records the database holds, so that the attempt's results.csv covers every attempt's steps."""
+        path = job_dir / jobdir.EVENTS
+        if (path.stat().st_size if path.exists() else 0) >= job.events_offset:
+            return
+        events = self.store.events_after(job.id, 0, limit=1 << 30)
+        lines = [json.dumps({"kind": "metrics", "message": e.message, "data": e.data, "ts": e.created_at},
+                            separators=(",", ":")) + "\n" for e in events if e.type == "metrics"]
+        data = "".join(lines).encode()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        self.store.ingest(job.id, job.status, job.events_offset, len(data), [], [])
 
     # ---- running / pausing / cancelled attempts --------------------------------------------------------------
 
