@@ -1,14 +1,14 @@
 """moto's standalone S3 server (the endpoint s3fs itself is tested against) for the object-storage tests, run as
 ``python -m tests.s3server PORT FOLDER``, with one fault a test can ask for: an upload cut off in the middle.
 
-A test writes a key's suffix to ``FOLDER/hold``; the first PUT whose path ends with it is held (the server writes
-the path to ``FOLDER/held``) until ``FOLDER/release`` exists, then answered 503 without being stored, as a network
-that died under an uploader would leave it. Every other request goes to moto untouched."""
+A test writes a key's suffix to ``FOLDER/hold``; every PUT whose path ends with it (the client's retries too) is
+held (the server writes the path to ``FOLDER/held``) until ``FOLDER/release`` exists, then answered 503 without
+being stored, as a network that died under an uploader would leave it. Once released, such PUTs go through; every
+other request goes to moto untouched."""
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,12 +18,10 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 
 
 def holding(app, folder: Path):
-    claimed = threading.Lock()
-
     def handle(environ, start_response):
         hold = folder / "hold"
-        if environ["REQUEST_METHOD"] == "PUT" and hold.exists() and not (folder / "held").exists():
-            if environ["PATH_INFO"].endswith(hold.read_text().strip()) and claimed.acquire(blocking=False):
+        if environ["REQUEST_METHOD"] == "PUT" and hold.exists() and not (folder / "release").exists():
+            if environ["PATH_INFO"].endswith(hold.read_text().strip()):
                 (folder / "held").write_text(environ["PATH_INFO"])
                 while not (folder / "release").exists():
                     time.sleep(0.05)
