@@ -91,6 +91,7 @@ class Store:
         self.config = config
         self.fs, root = fsspec.core.url_to_fs(config.url, **config.options)
         self.root = root.rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)  # an S3 bucket that does not exist yet is made
         self.local = "file" in _protocols(self.fs)
         self.cache = Path(config.cache_dir)
         self._manifests: dict[str, dict] = {}  # a published manifest never changes but by a re-publish of one name
