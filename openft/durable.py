@@ -146,8 +146,9 @@ class Store:
             with open(target, "rb") as f:
                 os.fsync(f.fileno())
 
-    def remove(self, location: str) -> None:
-        """Delete a checkpoint: its manifest first (it stops existing at once), then its files and cached copy."""
+    def remove(self, location: str, jobs_dir: Path) -> None:
+        """Delete a checkpoint: its manifest first (it stops existing at once), then its files, its cached copy and
+        the scratch copy in its job's folder under ``jobs_dir`` (on this host)."""
         if not self.owns(location):
             shutil.rmtree(location, ignore_errors=True)
             return
@@ -156,6 +157,9 @@ class Store:
         self._manifests.pop(location, None)
         self.remove_tree(path)
         shutil.rmtree(self._cache_entry(location), ignore_errors=True)
+        key = path[len(self.root) + 1:]  # jobs/<job_id>/checkpoints/<name>
+        if key.startswith("jobs/"):
+            shutil.rmtree(jobs_dir / key[len("jobs/"):], ignore_errors=True)
 
     def remove_prefix(self, key: str) -> None:
         """Delete everything under ``key`` (a cancelled job's checkpoints)."""

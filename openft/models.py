@@ -165,7 +165,7 @@ def collect(store: Store, settings: Settings, paths: list[str]) -> None:
             needed |= wanted
     for path in paths:
         if path not in needed:
-            checkpoints.remove(path)
+            checkpoints.remove(path, settings.jobs_dir)
 
 
 def materialize(settings: Settings, ref: ModelRef) -> ModelRef:

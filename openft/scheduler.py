@@ -344,8 +344,7 @@ class Scheduler:
         old = [c for c in old if c.path not in keep]
         self.store.delete_checkpoints([c.id for c in old])
         for c in old:
-            self.checkpoints.remove(c.path)
-            shutil.rmtree(job_dir / jobdir.CHECKPOINTS / Path(c.path).name, ignore_errors=True)  # the scratch copy
+            self.checkpoints.remove(c.path, self.settings.jobs_dir)
             models.remove_exports(self.settings, c.model_name)
 
 
