@@ -18,6 +18,7 @@ import fsspec
 import httpx
 import pytest
 
+from openft import durable
 from tests.conftest import Server, _free_port, _kill_trainers
 from tests.helpers import all_events, chat_rows, step_losses, upload, wait_for, wait_for_step
 from tests.test_recovery import trainer_pids
@@ -178,3 +179,26 @@ def test_an_upload_cut_off_mid_checkpoint_is_never_listed_and_the_previous_check
     steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
     assert steps == [STEPS, 10, 5]  # checkpoint-10 once, from the attempt that uploaded it whole
     assert "manifest.json" in bucket(job.id)["checkpoint-10"]
+
+
+def test_the_checkpoint_cache_keeps_within_its_bytes_dropping_the_least_recently_used(s3, tmp_path):
+    env, _ = s3
+    store = durable.open_store({"url": f"{BUCKET}-cache-test", "cache_dir": str(tmp_path / "cache"), "cache_bytes": 2500,
+                                "options": {"endpoint_url": env["AWS_ENDPOINT_URL"], "key": "testing",
+                                            "secret": "testing"}})
+    locations = {}
+    for name in ("a", "b", "c"):
+        folder = tmp_path / name
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "weights.bin").write_bytes(name.encode() * 1000)
+        locations[name] = store.publish(folder, f"jobs/j/checkpoints/{name}")
+    fetched = {name: store.materialize(locations[name]) for name in ("a", "b")}
+    assert (fetched["a"] / "sub" / "weights.bin").read_bytes() == b"a" * 1000
+    assert store.materialize(locations["a"]) == fetched["a"]  # a hit, and now the most recently used
+    fetched["c"] = store.materialize(locations["c"])
+    assert fetched["a"].exists() and fetched["c"].exists() and not fetched["b"].exists()
+
+    store.remove(locations["c"], tmp_path / "jobs")  # the manifest goes first: the checkpoint is gone at once
+    assert store.files(locations["c"]) == set() and not fetched["c"].exists()
+    with pytest.raises(durable.Incomplete):
+        store.materialize(locations["c"])
