@@ -61,7 +61,8 @@ def moto(work: Path) -> tuple[subprocess.Popen, str]:
 
 
 def summary(name: str, times: list[float]) -> str:
-    return f"{name}: median {statistics.median(times) * 1000:.1f} ms (min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})"
+    ms = [t * 1000 for t in times]
+    return f"{name}: median {statistics.median(ms):.1f} ms (min {min(ms):.1f}, max {max(ms):.1f})"
 
 
 def main() -> None:
@@ -71,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="publish-bench-"))
     config = {"cache_dir": str(work / "cache"), "cache_bytes": 1 << 30, "options": {}}
-    stores = {"A fsync only": None, "B fsync + publish (local)": durable.open_store({**config, "url": str(work / "blobs")})}
+    local = durable.open_store({**config, "url": str(work / "blobs")})
+    stores = {"A fsync only": None, "B fsync + publish (local)": local}
     proc = None
     if args.s3:
         proc, endpoint = moto(work)

@@ -39,7 +39,8 @@ def build_services(settings: Settings) -> Services:
     url = settings.resolved_database_url()
     migrate(url)
     store = Store(url)
-    return Services(settings=settings, store=store, blobs=Blobs(settings.resolved_blob_url(), json.loads(settings.blob_options)), open_mode=not store.has_keys())
+    blobs = Blobs(settings.resolved_blob_url(), json.loads(settings.blob_options))
+    return Services(settings=settings, store=store, blobs=blobs, open_mode=not store.has_keys())
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

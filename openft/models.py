@@ -112,7 +112,7 @@ def _resolve_by_names(store: Store, settings: Settings, row: t.Checkpoint, owner
     rows, root = _lineage(store, catalog, row)
     owner = {**owner, "owners": frozenset(link.organization_id for link in rows)}
     for i, link in enumerate(rows):
-        if is_whole_model(settings, link.path):  # full fine-tuning: a model of its own, with what it was trained on merged in
+        if is_whole_model(settings, link.path):  # full fine-tuning: a model of its own, what it was trained on merged in
             adapters = [r.path for r in reversed(rows[:i])]
             return ModelRef(base=root, base_path=link.path, adapters=adapters, whole=i == 0, **owner)
     if root not in catalog:  # a link of the chain is gone: the model cannot be rebuilt
@@ -176,7 +176,8 @@ def materialize(settings: Settings, ref: ModelRef) -> ModelRef:
         return replace(ref, base_path=str(checkpoints.materialize(ref.base_path)),
                        adapters=[str(checkpoints.materialize(a)) for a in ref.adapters])
     except durable.Incomplete as exc:
-        raise NotFound(f"The weights of the model '{ref.name}' are not available: {exc}", code="model_not_found") from None
+        raise NotFound(f"The weights of the model '{ref.name}' are not available: {exc}",
+                       code="model_not_found") from None
 
 
 EXPORT_FORMATS = ("adapter", "merged")

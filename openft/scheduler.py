@@ -216,8 +216,8 @@ class Scheduler:
             self._succeed(job, job_dir, result)
         elif result["status"] == "paused":
             step = int(Path(result["checkpoint"]).name.rsplit("-", 1)[-1])
-            at = next((c.path for c in self.store.checkpoints_of(job.id) if c.reason == "pause" and c.step_number == step),
-                      result["checkpoint"])
+            at = next((c.path for c in self.store.checkpoints_of(job.id)
+                       if c.reason == "pause" and c.step_number == step), result["checkpoint"])
             jobs.move(self.store, job.id, job.status, "paused", [{"message": f"Job paused at step {step}"}],
                       resume_from=at, worker=None, estimated_finish=None)
         else:

@@ -183,8 +183,8 @@ def test_an_upload_cut_off_mid_checkpoint_is_never_listed_and_the_previous_check
 
 def test_the_checkpoint_cache_keeps_within_its_bytes_dropping_the_least_recently_used(s3, tmp_path):
     env, _ = s3
-    store = durable.open_store({"url": f"{BUCKET}-cache-test", "cache_dir": str(tmp_path / "cache"), "cache_bytes": 2500,
-                                "options": {"endpoint_url": env["AWS_ENDPOINT_URL"], "key": "testing",
+    store = durable.open_store({"url": f"{BUCKET}-cache-test", "cache_dir": str(tmp_path / "cache"),
+                                "cache_bytes": 2500, "options": {"endpoint_url": env["AWS_ENDPOINT_URL"], "key": "testing",
                                             "secret": "testing"}})
     locations = {}
     for name in ("a", "b", "c"):
