@@ -40,6 +40,10 @@ class Incomplete(Exception):
     """The location holds no complete checkpoint (no manifest, or files that do not match it)."""
 
 
+class Unavailable(Exception):
+    """A checkpoint could not be published (the store is unreachable, refuses, or its disk is full)."""
+
+
 @dataclass(frozen=True)
 class Config:
     """Where checkpoints go and where downloads are cached; what ``spec.json`` carries as ``checkpoint_store``."""
@@ -117,17 +121,20 @@ class Store:
         """Copy ``folder`` to ``key`` file by file, then its manifest; returns the checkpoint's location. A stale
         manifest of the same name goes first, so no moment shows it beside files it does not describe."""
         dest = f"{self.root}/{key}"
-        self._remove_file(f"{dest}/{MANIFEST}")
-        files = {}
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            rel = path.relative_to(folder).as_posix()
-            files[rel] = path.stat().st_size
-            self._put(path, f"{dest}/{rel}")
-        manifest = json.dumps({"files": files, "bytes": sum(files.values())}).encode()
-        if self.local:
-            _write_atomic(Path(dest) / MANIFEST, manifest)
-        else:
-            self.fs.pipe_file(f"{dest}/{MANIFEST}", manifest)
+        try:
+            self._remove_file(f"{dest}/{MANIFEST}")
+            files = {}
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                rel = path.relative_to(folder).as_posix()
+                files[rel] = path.stat().st_size
+                self._put(path, f"{dest}/{rel}")
+            manifest = json.dumps({"files": files, "bytes": sum(files.values())}).encode()
+            if self.local:
+                _write_atomic(Path(dest) / MANIFEST, manifest)
+            else:
+                self.fs.pipe_file(f"{dest}/{MANIFEST}", manifest)
+        except Exception as exc:  # noqa: BLE001 - whatever the backend raises, the checkpoint does not exist
+            raise Unavailable(f"Could not publish {key} to {self.config.url}: {type(exc).__name__}: {exc}") from exc
         location = self.location(key)
         self._manifests.pop(location, None)
         return location

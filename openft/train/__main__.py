@@ -1,8 +1,9 @@
 """``python -m openft.train JOB_DIR``: run one attempt of the job in JOB_DIR and always leave a verdict.
 
 The attempt ends in exactly one of: result.json written by the recipe's outcome (succeeded, paused, cancelled),
-result.json ``failed`` with an error event for any exception, or a kill from outside (no result.json; the
-scheduler recovers). The process exits with ``os._exit`` once everything is flushed and fsync'd, which skips
+result.json ``failed`` with an error event for any exception, or no result.json, which the scheduler recovers from
+the last checkpoint like a crash: a kill from outside, or a checkpoint the store did not take (``openft.durable``;
+a store that is down may be back for the next attempt). The process exits with ``os._exit`` once everything is flushed and fsync'd, which skips
 ~1 s of interpreter and library teardown — that second is pause latency the user waits for.
 """
 
@@ -22,7 +23,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 # An operator's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from openft import jobdir  # noqa: E402  (the environment above must be set first)
+from openft import durable, jobdir  # noqa: E402  (the environment above must be set first)
 from openft.spec import attempt_json, read_attempt  # noqa: E402
 from openft.train import JobError  # noqa: E402
 
@@ -34,6 +35,10 @@ def main(argv: list[str]) -> int:
     job_dir = Path(argv[0]).resolve()
     try:
         result = run_attempt(job_dir)
+    except durable.Unavailable as exc:
+        traceback.print_exc()
+        jobdir.append_record(job_dir, {"kind": "message", "level": "warn", "message": str(exc), "data": {}})
+        return 3
     except Exception as exc:  # noqa: BLE001 - every failure must end in result.json, whatever it is
         traceback.print_exc()
         error = _error(exc)
