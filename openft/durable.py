@@ -15,7 +15,8 @@ cache bounded in bytes (``<data_dir>/cache``, least recently used entries evicte
 location of the store (a catalog model's folder, a checkpoint row written before checkpoints were published) is a
 local folder already and is returned as it is.
 
-Needs only the standard library and fsspec: the trainer, the service and the export process all import it.
+Needs only the standard library and fsspec: the trainer and the service both import it (the service fetches what
+sampling and export read, then hands those processes local folders).
 Secrets (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) come from the environment, never from ``Config``, which
 travels in ``spec.json``.
 """
@@ -27,7 +28,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,9 +53,6 @@ class Config:
     cache_dir: str
     cache_bytes: int
     options: dict = field(default_factory=dict)  # fsspec storage options (endpoint_url, client_kwargs, …)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "Config":
