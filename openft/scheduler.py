@@ -49,6 +49,7 @@ class Scheduler:
     # ---- the loop --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.blobs.sweep_partials()
         self._thread = threading.Thread(target=self._run, name="openft-scheduler", daemon=True)
         self._thread.start()
 
@@ -276,14 +277,21 @@ class Scheduler:
         records, offset = jobdir.read_records(job_dir, job.events_offset)
         if not records:
             return
+        last_step, listed = self._reported(job, records)
         events, checkpoints, fields = [], [], {}
         for r in records:
             if r["kind"] in ("message", "throughput"):
                 events.append({"message": r["message"], "level": r.get("level", "info"), "data": r.get("data"), "ts": r["ts"]})
             elif r["kind"] == "metrics":
+                if r["data"]["step"] <= last_step:  # a step re-run after a crash: reported once, by its first run
+                    continue
+                last_step = r["data"]["step"]
                 events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})
             elif r["kind"] == "checkpoint":
+                if str(job_dir / r["path"]) in listed:  # rewritten by a re-run: the listed row stays the one
+                    continue
                 row = self._checkpoint_row(job, job_dir, r)
+                listed.add(row.path)
                 checkpoints.append(row)
                 events.append({"message": f"Checkpoint created at step {row.step_number} with Snapshot ID: {row.model_name}", "ts": r["ts"]})
             elif r["kind"] == "progress":
@@ -292,6 +300,15 @@ class Scheduler:
         if self.store.ingest(job.id, job.status, job.events_offset, offset, events, checkpoints, **fields):
             if checkpoints:
                 self._rotate(job, job_dir)
+
+    def _reported(self, job: t.Job, records: list[dict]) -> tuple[int, set[str]]:
+        """What earlier attempts already recorded: the last step with metrics (0 if none), and the paths of the
+        listed checkpoints. An attempt resumed after a crash re-runs the steps after its checkpoint; exact resume
+        makes them the same steps, so each is reported once and every checkpoint listed once."""
+        kinds = {r["kind"] for r in records}
+        last = self.store.last_metrics_step(job.id) if "metrics" in kinds else 0
+        listed = {c.path for c in self.store.checkpoints_of(job.id)} if "checkpoint" in kinds else set()
+        return last, listed
 
     def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
         base = TrainingSpec.from_json(job.spec).lineage.root_model if (job.spec or {}).get("hyperparameters") else \
