@@ -2,13 +2,15 @@
 
 A blob appears whole or not at all. Object stores publish an object only once it is complete; on a local disk the
 bytes go to a temporary name beside the blob (``<key>.partial-<random>``), are fsync'd, and are renamed onto the
-key, so a kill -9, a full disk or an I/O error mid-write never leaves a partial blob under its key. The temporary
-file of a write that was killed is removed by ``sweep_partials``.
+key, so a kill -9, a full disk or an I/O error mid-write never leaves a partial blob under its key. A write that
+fails for want of storage (a full disk, a file size limit, an I/O error) raises ``StorageFull`` (a 507 in OpenAI's
+envelope). The temporary file of a write that was killed is removed by ``sweep_partials``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -19,8 +21,11 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from openft import jobdir
+from openft.errors import StorageFull
 
 PARTIAL = ".partial-"
+# Errors of the storage itself, not of the request: a full disk or quota, a file size limit, a failing device.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
 class Blobs:
@@ -52,9 +57,12 @@ class Blobs:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            fault = storage_fault(exc)
+            if fault is not None:
+                raise fault from exc
             raise
         jobdir.fsync_dir(Path(path).parent)
 
@@ -103,3 +111,12 @@ class Blobs:
                         removed += 1
         return removed
 
+
+def storage_fault(exc: BaseException) -> StorageFull | None:
+    """The ``StorageFull`` error for an exception caused (directly or along its chain) by the storage failing."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return StorageFull(f"The request's bytes could not be stored: {exc.strerror}. Nothing was kept; "
+                               "try again later.")
+        exc = exc.__cause__ or exc.__context__
+    return None

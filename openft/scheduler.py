@@ -28,6 +28,7 @@ from openft import files, integrations, jobdir, jobs, models, uploads
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
+from openft.errors import StorageFull
 from openft.config import Settings
 from openft.graders.worker import endpoint_for as grader_endpoint
 from openft.ids import checkpoint_model_name, fine_tuned_model_name, new_id, now, short_id
@@ -180,7 +181,10 @@ class Scheduler:
         if job.status == "cancelled":
             return self._stop_cancelled(job, job_dir)
         if job.worker is None:  # started, but the handle was never recorded (the service died in between)
-            return self._recover(job, job_dir, "the service stopped while starting it")
+            handle = self.executor.adopt(job_dir, job.attempt)
+            if handle is None or not self.store.set_worker(job.id, job.attempt, handle, self.executor.host):
+                return self._recover(job, job_dir, "the service stopped while starting it")
+            job = self.store.get_job(None, job.id)
         if job.status == "pausing" and jobdir.read_control(job_dir) != "pause":
             self.executor.signal(job_dir, "pause")
         state = self.executor.poll(job.worker)
@@ -247,11 +251,15 @@ class Scheduler:
         final = next((c for c in self.store.checkpoints_of(job.id) if c.reason == "final"), None)
         if final is None:
             return self._recover(job, job_dir, "reported success without a final checkpoint")
-        results_file = self._store_results(job, job_dir / result.get("results_csv", jobdir.RESULTS_CSV))
         events = [
             {"message": f"New fine-tuned model created: {final.model_name}"},
             {"message": "The job has successfully completed"},
         ]
+        try:
+            results_file = self._store_results(job, job_dir / result.get("results_csv", jobdir.RESULTS_CSV))
+        except StorageFull as exc:  # the model is whole; a table of metrics is not worth failing the job for
+            results_file = None
+            events.insert(0, {"message": f"The step metrics file was not stored: {exc.message}", "level": "warn"})
         jobs.move(
             self.store, job.id, job.status, "succeed", events,
             fine_tuned_model=final.model_name, trained_tokens=result.get("trained_tokens"), finished_at=now(),
