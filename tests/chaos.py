@@ -48,6 +48,7 @@ class Pair:
     cancel: bool = False  # the schedule cancels this one
     kills: int = 0
     paused: int = 0
+    mark: int = -1  # the last step reported when the schedule last disrupted this job
     problems: list[str] = field(default_factory=list)
 
 
@@ -112,9 +113,10 @@ class Chaos:
                 break
             pair = self.rng.choice(live)
             status = self.status(pair.subject)
+            step = _last_step(self.data_dir / "jobs" / pair.subject)
             if status == "paused":
                 self.client.fine_tuning.jobs.resume(pair.subject)
-            elif status == "running":
+            elif status == "running" and step > pair.mark:  # disrupt a job only once it has progressed since
                 if pair.cancel and self.rng.random() < 0.3:
                     self.client.fine_tuning.jobs.cancel(pair.subject)
                 elif self.rng.random() < self.pause_chance:
@@ -122,6 +124,7 @@ class Chaos:
                     pair.paused += 1
                 elif done < self.kills and self._kill(pair):
                     done += 1
+                pair.mark = _last_step(self.data_dir / "jobs" / pair.subject)
             time.sleep(self.rng.uniform(0.1, 0.6))
         self.kills_done = done
         while time.time() < self.deadline:  # the controls may still run
