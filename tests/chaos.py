@@ -52,18 +52,23 @@ class Pair:
     problems: list[str] = field(default_factory=list)
 
 
-def trainer_pids(data_dir: Path, job_id: str) -> list[int]:
-    """The training processes of one job (``python -m openft.train <data_dir>/jobs/<job_id>``)."""
-    want = str(data_dir / "jobs" / job_id).encode()
-    pids = []
+def processes(module: bytes) -> list[tuple[int, list[bytes]]]:
+    """(pid, command line) of every process running ``python -m <module> …``."""
+    found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             parts = cmdline.read_bytes().split(b"\0")
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        if b"openft.train" in parts and any(p.rstrip(b"/").endswith(want) for p in parts):
-            pids.append(int(cmdline.parent.name))
-    return pids
+        if module in parts:
+            found.append((int(cmdline.parent.name), parts))
+    return found
+
+
+def trainer_pids(data_dir: Path, job_id: str) -> list[int]:
+    """The training processes of one job (``python -m openft.train <data_dir>/jobs/<job_id>``)."""
+    want = str(data_dir / "jobs" / job_id).encode()
+    return [pid for pid, parts in processes(b"openft.train") if any(p.rstrip(b"/").endswith(want) for p in parts)]
 
 
 def kill_all(pids: list[int]) -> int:

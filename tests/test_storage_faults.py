@@ -29,10 +29,10 @@ def limit_file_size(pid: int, limit: int) -> None:
 
 def test_a_checkpoint_that_cannot_be_written_fails_the_job_clearly_and_lists_only_whole_checkpoints(server):
     client = server.client()
-    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, chat_rows(12)),
-                                         hyperparameters={"n_epochs": 3, "batch_size": 1})
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=upload(client, chat_rows(20)),
+                                         hyperparameters={"n_epochs": 2, "batch_size": 1})
     wait_for(client, job.id, "running")
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:  # the epoch-1 checkpoint, at step 12
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:  # the epoch-1 checkpoint, at step 20
         time.sleep(0.05)
     for pid in trainer_pids(server.data_dir, job.id):
         limit_file_size(pid, 50_000)  # smaller than a checkpoint's adapter (~69 kB), larger than the event log
@@ -42,8 +42,8 @@ def test_a_checkpoint_that_cannot_be_written_fails_the_job_clearly_and_lists_onl
     assert "storage could not be written (File too large)" in failed.error.message, failed.error.message
     assert any(e.level == "error" and "File too large" in e.message for e in all_events(client, job.id))
     listed = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert [c.step_number for c in listed] == [12]  # the one being written when storage failed is not listed
-    folder = server.data_dir / "jobs" / job.id / "checkpoints" / "checkpoint-12"
+    assert [c.step_number for c in listed] == [20]  # the one being written when storage failed is not listed
+    folder = server.data_dir / "jobs" / job.id / "checkpoints" / "checkpoint-20"
     assert load_file(folder / "adapter_model.safetensors") and (folder / "trainer_state.json").exists()
 
 
