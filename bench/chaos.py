@@ -60,8 +60,7 @@ def answers(call) -> bool:
     try:
         call()
         return True
-    except openai.APIError as exc:
-        print(f"  after a kill: {exc}")
+    except openai.APIError:
         return False
 
 

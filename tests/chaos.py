@@ -29,7 +29,7 @@ METHODS = {
     "supervised": ({"n_epochs": 2, "batch_size": 2}, lambda: chat_rows(12), None),
     "dpo": ({"n_epochs": 2, "batch_size": 2, "beta": 0.2}, lambda: preference_rows(12), None),
     "reinforcement": ({"n_epochs": 2, "batch_size": 2, "compute_multiplier": 0.5, "eval_interval": 2,
-                       "reasoning_effort": "low"}, lambda: reinforcement_rows(8), lambda: reinforcement_rows(2, 50)),
+                       "reasoning_effort": "low"}, lambda: reinforcement_rows(10), lambda: reinforcement_rows(2, 50)),
 }
 SETTINGS = {"max_attempts": 10_000, "cancel_grace_seconds": 2}  # the chaos, not a retry limit, decides
 
