@@ -12,7 +12,9 @@ leased only by replicas on that host.
 
 Invariant: a job is `running` or `pausing` only while an attempt runs for it. An attempt that exits without
 result.json (kill -9, OOM, a service restart that lost it) is re-queued from its last resumable checkpoint, at most
-`max_attempts` times, each with an event; after that the job fails with a clear error.
+`max_attempts` times, each with an event; after that the job fails with a clear error. The resumed attempt re-runs
+the steps after that checkpoint: ingest reports each step once (the first report stands) and lists each checkpoint
+once. An attempt started just before the service died, whose handle was never stored, is adopted (`adopt`).
 """
 
 from __future__ import annotations
