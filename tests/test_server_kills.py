@@ -4,6 +4,7 @@ listed (or stored under its key) half written; a create cut short leaves a whole
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -31,27 +32,27 @@ def restart(server, after: float = 0.0):
 
 def test_killing_the_server_while_jobs_train_loses_and_doubles_nothing(make_server):
     rng = random.Random(2)
-    server = make_server(max_concurrent_jobs=2).start()
+    server = make_server(max_concurrent_jobs=1).start()
     client = server.client()
     train = upload(client, chat_rows(12))
-    hp = {"n_epochs": 3, "batch_size": 1}  # 36 steps, checkpoints at 12 and 24
+    hp = {"n_epochs": 2, "batch_size": 1}  # 24 steps, a checkpoint at 12
     ids = [client.fine_tuning.jobs.create(model="tiny", training_file=train, seed=7, hyperparameters=hp).id
-           for _ in range(3)]  # the third waits in the queue while the server dies
+           for _ in range(2)]  # the second waits in the queue while the server dies
     wait_for_step(client, ids[0], 2)
-    for _ in range(3):
+    for _ in range(2):
         client = restart(server, after=rng.uniform(0.5, 3))
     for job_id in ids:
         wait_for(client, job_id, "succeeded", timeout=300)
     reference = metrics(client, ids[0])
     for job_id in ids:
         events = all_events(client, job_id)
-        assert [m["step"] for m in metrics(client, job_id)] == list(range(1, 37))
+        assert [m["step"] for m in metrics(client, job_id)] == list(range(1, 25))
         assert metrics(client, job_id) == reference  # same seed, same data: killing the server changed nothing
         assert sum(e.message == "The job has successfully completed" for e in events) == 1
         assert sum(e.message.startswith("Created fine-tuning job") for e in events) == 1
         assert not any(e.level == "warn" for e in events), [e.message for e in events]  # adopted, never re-run
         checkpoints = client.fine_tuning.jobs.checkpoints.list(job_id).data
-        assert [c.step_number for c in checkpoints] == [36, 24, 12]
+        assert [c.step_number for c in checkpoints] == [24, 12]
 
 
 def _multipart(boundary: str, body: bytes, chunk: int, on_chunk) -> bytes:
@@ -86,7 +87,7 @@ def assert_no_half_upload(server, client, body: bytes) -> None:
 
 def test_killing_the_server_during_a_file_upload_never_stores_half_of_it(make_server):
     server = make_server().start()
-    body = jsonl(chat_rows(1)) * 120_000  # about 30 MB
+    body = jsonl(chat_rows(1)) * 48_000  # about 12 MB
     half = len(body) // 2 // (1 << 20) * (1 << 20)
 
     # While the body streams in: the connection breaks, nothing is listed.
@@ -98,8 +99,8 @@ def test_killing_the_server_during_a_file_upload_never_stores_half_of_it(make_se
 
     # Once the whole body is sent, at random moments while the server stores it.
     rng = random.Random(5)
-    for _ in range(4):
-        killer = threading.Timer(rng.uniform(0.0, 0.6), server.proc.kill)
+    for _ in range(3):
+        killer = threading.Timer(rng.uniform(0.0, 0.3), server.proc.kill)
         _post_file(server, body, lambda i: i + (1 << 20) >= len(body) and killer.start())
         killer.join()
         server.proc.wait()
@@ -107,6 +108,13 @@ def test_killing_the_server_during_a_file_upload_never_stores_half_of_it(make_se
         assert_no_half_upload(server, client, body)
     assert _post_file(server, body).status_code == 200  # and the service takes the next upload
     assert_no_half_upload(server, client, body)
+
+    # What a killed write left under a temporary name is removed at a start once it is an hour old.
+    left = server.data_dir / "blobs" / "file-left.partial-0"
+    left.write_bytes(body[:1000])
+    os.utime(left, (time.time() - 7200, time.time() - 7200))
+    client = restart(server)
+    assert not left.exists()
 
 
 def test_killing_the_server_during_job_creates_leaves_whole_jobs_that_finish(make_server):
@@ -117,7 +125,7 @@ def test_killing_the_server_during_job_creates_leaves_whole_jobs_that_finish(mak
 
     def create_in_a_loop():
         c = server.client(timeout=10)
-        while not stop.is_set() and len(answered) < 8:
+        while not stop.is_set() and len(answered) < 4:
             try:
                 answered.append(c.fine_tuning.jobs.create(model="tiny", training_file=train,
                                                           hyperparameters={"n_epochs": 1, "batch_size": 10}).id)
@@ -130,14 +138,14 @@ def test_killing_the_server_during_job_creates_leaves_whole_jobs_that_finish(mak
         thread.start()
     rng = random.Random(9)
     try:
-        for _ in range(3):
+        for _ in range(2):
             client = restart(server, after=rng.uniform(0.2, 1.0))
     finally:
         stop.set()
         for thread in creators:
             thread.join()
     listed = [j.id for j in client.fine_tuning.jobs.list(limit=100)]
-    assert set(answered) <= set(listed) and len(answered) >= 3  # no answered create is lost
+    assert set(answered) <= set(listed) and len(answered) >= 2  # no answered create is lost
     for job_id in listed:
         done = wait_for(client, job_id, TERMINAL, timeout=300)
         assert done.status == "succeeded", (job_id, done.error)
