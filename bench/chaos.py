@@ -84,7 +84,8 @@ def main() -> int:
         server.start()
         try:
             client = server.client(timeout=120)
-            pairs = create_pairs(client, args.jobs, rng, cancel_every=5)
+            epochs = max(2, -(-args.kills // args.jobs))  # about 6 steps an epoch: room for the kills a job gets
+            pairs = create_pairs(client, args.jobs, rng, cancel_every=5, epochs=epochs)
             chaos = Chaos(client, server.data_dir, pairs, args.kills, rng, timeout=args.timeout)
             chaos.run()
             problems = {p.subject: judge(client, server.data_dir, p) for p in pairs}
@@ -103,7 +104,8 @@ def main() -> int:
             _kill_trainers(server.data_dir)
     exact = sum(not problems[p.subject] for p in pairs)
     kinds = ", ".join(f"{k} {sum(p.kind == k for p in pairs)}" for k in ("supervised", "dpo", "reinforcement"))
-    print(f"jobs: {args.jobs} ({kinds}), each beside a control; seed {args.seed}; {args.concurrent} trainers at once")
+    print(f"jobs: {args.jobs} ({kinds}; {epochs} epochs each), each beside a control; seed {args.seed}; "
+          f"{args.concurrent} trainers at once")
     print(f"trainer kills: {chaos.kills_done} of {args.kills} planned, by moment {chaos.moments}; "
           f"pauses: {sum(p.paused for p in pairs)}; cancelled: {cancelled}")
     print(f"inference worker kills: {worker[0]}, chats answered right after: {worker[1]}/{args.worker_kills}; "

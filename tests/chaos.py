@@ -34,8 +34,8 @@ METHODS = {
 SETTINGS = {"max_attempts": 10_000, "cancel_grace_seconds": 2}  # the chaos, not a retry limit, decides
 
 
-def method_body(kind: str) -> dict:
-    hp = METHODS[kind][0]
+def method_body(kind: str, epochs: int = 2) -> dict:
+    hp = {**METHODS[kind][0], "n_epochs": epochs}
     body = {"hyperparameters": hp, **({"grader": FUZZY_GRADER} if kind == "reinforcement" else {})}
     return {"type": kind, kind: body}
 
@@ -82,7 +82,7 @@ def kill_all(pids: list[int]) -> int:
     return killed
 
 
-def create_pairs(client: OpenAI, n: int, rng: random.Random, cancel_every: int = 0) -> list[Pair]:
+def create_pairs(client: OpenAI, n: int, rng: random.Random, cancel_every: int = 0, epochs: int = 2) -> list[Pair]:
     files: dict[str, tuple[str, str | None]] = {}
     pairs = []
     for i in range(n):
@@ -93,7 +93,7 @@ def create_pairs(client: OpenAI, n: int, rng: random.Random, cancel_every: int =
         train, valid = files[kind]
         seed = rng.randrange(1 << 30)
         ids = [client.fine_tuning.jobs.create(model="tiny", training_file=train, validation_file=valid, seed=seed,
-                                              method=method_body(kind)).id for _ in range(2)]
+                                              method=method_body(kind, epochs)).id for _ in range(2)]
         pairs.append(Pair(kind, *ids, cancel=bool(cancel_every) and i % cancel_every == cancel_every - 1))
     return pairs
 
