@@ -30,7 +30,7 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos import SETTINGS, Chaos, create_pairs, judge, kill_all, processes  # noqa: E402
+from tests.chaos import SETTINGS, Chaos, create_pairs, judge, kill_all, processes, rerun_steps  # noqa: E402
 from tests.conftest import Server, _kill_trainers  # noqa: E402
 from tests.tinymodel import build_tiny_model  # noqa: E402
 
@@ -87,7 +87,10 @@ def main() -> int:
             epochs = max(2, -(-args.kills // args.jobs))  # about 6 steps an epoch: room for the kills a job gets
             pairs = create_pairs(client, args.jobs, rng, cancel_every=5, epochs=epochs)
             chaos = Chaos(client, server.data_dir, pairs, args.kills, rng, timeout=args.timeout)
-            chaos.run()
+            try:
+                chaos.run()
+            except AssertionError as exc:  # bounded: judge what there is (unfinished jobs count as not exact)
+                print(exc)
             problems = {p.subject: judge(client, server.data_dir, p) for p in pairs}
             model = next((client.fine_tuning.jobs.retrieve(p.subject).fine_tuned_model for p in pairs
                           if not problems[p.subject] and not p.cancel), None)
@@ -99,6 +102,7 @@ def main() -> int:
             worker = kill_mid_request(chat, b"openft.infer", args.worker_kills, rng) if model else (0, 0)
             grader = kill_mid_request(grade, b"openft.graders", args.worker_kills, rng)
             cancelled = sum(client.fine_tuning.jobs.retrieve(p.subject).status == "cancelled" for p in pairs)
+            reruns = sum(len(rerun_steps(server.data_dir, p.subject)) for p in pairs)
         finally:
             server.stop(signal.SIGKILL)
             _kill_trainers(server.data_dir)
@@ -107,7 +111,8 @@ def main() -> int:
     print(f"jobs: {args.jobs} ({kinds}; {epochs} epochs each), each beside a control; seed {args.seed}; "
           f"{args.concurrent} trainers at once")
     print(f"trainer kills: {chaos.kills_done} of {args.kills} planned, by moment {chaos.moments}; "
-          f"pauses: {sum(p.paused for p in pairs)}; cancelled: {cancelled}")
+          f"pauses: {sum(p.paused for p in pairs)}; cancelled: {cancelled}; steps trained again after a kill "
+          f"(reported once each): {reruns}")
     print(f"inference worker kills: {worker[0]}, chats answered right after: {worker[1]}/{args.worker_kills}; "
           f"grader child kills: {grader[0]}, grader runs answered right after: {grader[1]}/{args.worker_kills}")
     print(f"exact: {exact}/{len(pairs)} (cancelled ones: cancelled with no checkpoint listed; others: the control's "

@@ -12,6 +12,7 @@ cancels some. Then every job is judged against its control:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -207,6 +208,13 @@ def judge(client: OpenAI, data_dir: Path, pair: Pair) -> list[str]:
     if ref.keys() != got.keys() or any(not ref[k].equal(got[k]) for k in ref):
         problems.append("the final adapter differs from the control's")
     return problems
+
+
+def rerun_steps(data_dir: Path, job_id: str) -> list[int]:
+    """Steps the job's trainers reported more than once in its events file (run again after a kill)."""
+    steps = [json.loads(line)["data"]["step"] for line in (data_dir / "jobs" / job_id / "events.jsonl").open()
+             if '"kind":"metrics"' in line]
+    return sorted({s for s in steps if steps.count(s) > 1})
 
 
 def metrics(client: OpenAI, job_id: str) -> list[dict]:
