@@ -19,7 +19,7 @@ from openft.api import chat, checkpoints, files, graders, jobs, models, uploads
 from openft.api import webhooks as webhook_routes
 from openft.api import openapi
 from openft.api.guard import Guard
-from openft.blobs import Blobs
+from openft.blobs import Blobs, storage_fault
 from openft.config import Settings
 from openft.errors import APIError
 from openft.executors import make_executor
@@ -144,8 +144,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = "The request body is not valid JSON."
         return _error(400, message, "invalid_request_error", param)
 
+    @app.exception_handler(OSError)
+    async def os_error(_request, exc: OSError):
+        fault = storage_fault(exc)  # a full disk or an I/O error on the way: a 507, not a traceback
+        if fault is None:
+            raise exc
+        return JSONResponse(fault.body(), status_code=fault.status)
+
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
+        fault = storage_fault(exc.__cause__) if exc.__cause__ else None  # the body could not be spooled to disk
+        if fault is not None:
+            return JSONResponse(fault.body(), status_code=fault.status)
         if exc.status_code == 404:
             return _error(404, "Unknown endpoint.", "invalid_request_error", code="unknown_url")
         if exc.status_code == 405:

@@ -45,6 +45,16 @@ class TooLarge(APIError):
     status = 413
 
 
+class StorageFull(APIError):
+    """The blob store could not take the bytes (a full disk, a file size limit, an I/O error): nothing was stored."""
+
+    status = 507
+    type = "server_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="storage_error")
+
+
 class Forbidden(APIError):
     status = 403
 

@@ -138,12 +138,10 @@ def create(store: Store, settings: Settings, scope: Scope, req: p.CreateJobReque
         result_files=[],
         spec={"lineage": dataclasses.asdict(start)},
     )
-    store.add(job)
     files = f"training file: {req.training_file}"
     if req.validation_file:
         files += f" and validation file: {req.validation_file}"
-    store.add_event(job.id, f"Created fine-tuning job: {job.id}")
-    store.add_event(job.id, f"Validating {files}")
+    store.add_job(job, [f"Created fine-tuning job: {job.id}", f"Validating {files}"])
     return store.get_job(None, job.id)
 
 

@@ -12,7 +12,9 @@ leased only by replicas on that host.
 
 Invariant: a job is `running` or `pausing` only while an attempt runs for it. An attempt that exits without
 result.json (kill -9, OOM, a service restart that lost it) is re-queued from its last resumable checkpoint, at most
-`max_attempts` times, each with an event; after that the job fails with a clear error.
+`max_attempts` times, each with an event; after that the job fails with a clear error. The resumed attempt re-runs
+the steps after that checkpoint: ingest reports each step once (the first report stands) and lists each checkpoint
+once. An attempt started just before the service died, whose handle was never stored, is adopted (`adopt`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from openft import durable, files, integrations, jobdir, jobs, models, uploads
 from openft import tables as t
 from openft.spec import AttemptSpec, Lineage, Lora, TrainingSpec, attempt_json
 from openft.blobs import Blobs
+from openft.errors import StorageFull
 from openft.config import Settings
 from openft.graders.worker import endpoint_for as grader_endpoint
 from openft.ids import checkpoint_model_name, fine_tuned_model_name, new_id, now, short_id
@@ -51,6 +54,7 @@ class Scheduler:
     # ---- the loop --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.blobs.sweep_partials()
         self._thread = threading.Thread(target=self._run, name="openft-scheduler", daemon=True)
         self._thread.start()
 
@@ -198,7 +202,10 @@ class Scheduler:
         if job.status == "cancelled":
             return self._stop_cancelled(job, job_dir)
         if job.worker is None:  # started, but the handle was never recorded (the service died in between)
-            return self._recover(job, job_dir, "the service stopped while starting it")
+            handle = self.executor.adopt(job_dir, job.attempt)
+            if handle is None or not self.store.set_worker(job.id, job.attempt, handle, self.executor.host):
+                return self._recover(job, job_dir, "the service stopped while starting it")
+            job = self.store.get_job(None, job.id)
         if job.status == "pausing" and jobdir.read_control(job_dir) != "pause":
             self.executor.signal(job_dir, "pause")
         state = self.executor.poll(job.worker)
@@ -268,11 +275,15 @@ class Scheduler:
         final = next((c for c in self.store.checkpoints_of(job.id) if c.reason == "final"), None)
         if final is None:
             return self._recover(job, job_dir, "reported success without a final checkpoint")
-        results_file = self._store_results(job, job_dir / result.get("results_csv", jobdir.RESULTS_CSV))
         events = [
             {"message": f"New fine-tuned model created: {final.model_name}"},
             {"message": "The job has successfully completed"},
         ]
+        try:
+            results_file = self._store_results(job, job_dir / result.get("results_csv", jobdir.RESULTS_CSV))
+        except StorageFull as exc:  # the model is whole; a table of metrics is not worth failing the job for
+            results_file = None
+            events.insert(0, {"message": f"The step metrics file was not stored: {exc.message}", "level": "warn"})
         jobs.move(
             self.store, job.id, job.status, "succeed", events,
             fine_tuned_model=final.model_name, trained_tokens=result.get("trained_tokens"), finished_at=now(),
@@ -298,14 +309,21 @@ class Scheduler:
         records, offset = jobdir.read_records(job_dir, job.events_offset)
         if not records:
             return
+        last_step, listed = self._reported(job, records)
         events, checkpoints, fields = [], [], {}
         for r in records:
             if r["kind"] in ("message", "throughput"):
                 events.append({"message": r["message"], "level": r.get("level", "info"), "data": r.get("data"), "ts": r["ts"]})
             elif r["kind"] == "metrics":
+                if r["data"]["step"] <= last_step:  # a step re-run after a crash: reported once, by its first run
+                    continue
+                last_step = r["data"]["step"]
                 events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})
             elif r["kind"] == "checkpoint":
+                if str(job_dir / r["path"]) in listed:  # rewritten by a re-run: the listed row stays the one
+                    continue
                 row = self._checkpoint_row(job, job_dir, r)
+                listed.add(row.path)
                 checkpoints.append(row)
                 events.append({"message": f"Checkpoint created at step {row.step_number} with Snapshot ID: {row.model_name}", "ts": r["ts"]})
             elif r["kind"] == "progress":
@@ -314,6 +332,15 @@ class Scheduler:
         if self.store.ingest(job.id, job.status, job.events_offset, offset, events, checkpoints, **fields):
             if checkpoints:
                 self._rotate(job, job_dir)
+
+    def _reported(self, job: t.Job, records: list[dict]) -> tuple[int, set[str]]:
+        """What earlier attempts already recorded: the last step with metrics (0 if none), and the paths of the
+        listed checkpoints. An attempt resumed after a crash re-runs the steps after its checkpoint; exact resume
+        makes them the same steps, so each is reported once and every checkpoint listed once."""
+        kinds = {r["kind"] for r in records}
+        last = self.store.last_metrics_step(job.id) if "metrics" in kinds else 0
+        listed = {c.path for c in self.store.checkpoints_of(job.id)} if "checkpoint" in kinds else set()
+        return last, listed
 
     def _checkpoint_row(self, job: t.Job, job_dir: Path, r: dict) -> t.Checkpoint:
         base = TrainingSpec.from_json(job.spec).lineage.root_model if (job.spec or {}).get("hyperparameters") else \

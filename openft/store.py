@@ -321,9 +321,19 @@ class Store:
             return list(s.scalars(stmt.order_by(t.WebhookDelivery.seq)))
 
     # ---- events and checkpoints ----
-    def add_event(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
+    def add_job(self, job: t.Job, messages: list[str]) -> None:
+        """A new job and its first events, in one transaction (a crash in between leaves neither)."""
         with self.session.begin() as s:
-            s.add(_event_row(job_id, {"message": message, "level": level, "type": type, "data": data}))
+            s.add(job)
+            s.flush()
+            s.add_all([_event_row(job.id, {"message": m}) for m in messages])
+
+    def last_metrics_step(self, job_id: str) -> int:
+        """The step of the job's newest metrics event (0 when it has none)."""
+        with self.session() as s:
+            data = s.scalar(select(t.Event.data).where(t.Event.job_id == job_id, t.Event.type == "metrics")
+                            .order_by(t.Event.seq.desc()).limit(1))
+            return int(data["step"]) if data else 0
 
     def list_events(self, job_id: str, after, limit):
         with self.session() as s:

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import Server, _kill_trainers
 from tests.helpers import (FUZZY_GRADER, all_events, chat_rows, preference_rows, reinforcement_rows, upload, wait_for,
                            wait_for_step)
-from tests.test_recovery import trainer_pids
+from tests.chaos import trainer_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))
 HP = {"n_epochs": 3, "batch_size": 1}  # 12 examples: 12 steps an epoch, 36 in all
@@ -162,9 +162,10 @@ def test_cancel_reaches_a_ray_attempt_which_stops_and_leaves_no_checkpoints(ray_
     client.fine_tuning.jobs.cancel(job.id)
     deadline = time.time() + 60
     while time.time() < deadline and (client.fine_tuning.jobs.checkpoints.list(job.id).data
-                                      or trainer_pids(job.id)):
+                                      or trainer_pids(server.data_dir, job.id)):
         time.sleep(0.2)
-    assert trainer_pids(job.id) == []  # the trainer stopped (within the grace period: on the cancel, not a kill)
+    # the trainer stopped (within the grace period: on the cancel, not a kill)
+    assert trainer_pids(server.data_dir, job.id) == []
     assert client.fine_tuning.jobs.checkpoints.list(job.id).data == []
     result = json.loads((server.data_dir / "jobs" / job.id / "result.json").read_text())
     assert result == {"status": "cancelled"}  # it ended on its own, at the cancel

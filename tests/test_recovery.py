@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.chaos import trainer_pids
 from tests.helpers import all_events, chat_rows, step_losses, upload, wait_for, wait_for_step
 
 HP = {"n_epochs": 3, "batch_size": 1}  # 24 examples: 24 steps an epoch, 72 in all
@@ -35,18 +36,6 @@ def assert_same_run(server, client, reference_id: str, job_id: str) -> None:
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def trainer_pids(job_id: str) -> list[int]:
-    pids = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            parts = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"openft.train" in parts and any(job_id.encode() in p for p in parts):
-            pids.append(int(cmdline.parent.name))
-    return pids
-
-
 def test_pause_mid_epoch_then_resume_matches_an_uninterrupted_run(server):
     client = server.client()
     reference = start_job(client)
@@ -58,7 +47,7 @@ def test_pause_mid_epoch_then_resume_matches_an_uninterrupted_run(server):
     wait_for(client, job.id, "paused")
     paused_at = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
     assert paused_at % 24 != 0 and paused_at < STEPS  # mid-epoch
-    assert trainer_pids(job.id) == []  # the worker exited and freed the machine
+    assert trainer_pids(server.data_dir, job.id) == []  # the worker exited and freed the machine
     client.fine_tuning.jobs.resume(job.id)
     wait_for(client, job.id, "succeeded")
     assert_same_run(server, client, reference.id, job.id)
@@ -71,7 +60,7 @@ def test_worker_killed_with_sigkill_resumes_from_its_last_checkpoint_and_matches
 
     job = start_job(client)
     wait_for_step(client, job.id, 28)  # past the epoch-1 checkpoint at step 24
-    for pid in trainer_pids(job.id):
+    for pid in trainer_pids(server.data_dir, job.id):
         os.kill(pid, signal.SIGKILL)
     wait_for(client, job.id, "succeeded")
     messages = [e.message for e in all_events(client, job.id)]

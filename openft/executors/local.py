@@ -1,7 +1,9 @@
 """Local executor: one subprocess per training attempt (`python -m openft.train JOB_DIR`) on this machine.
 
 The seam every executor offers: `start(job_dir, attempt) -> handle`, `signal(job_dir, command)`, `poll(handle)`
-("running" | "exited"; a remote executor may also say "lost" or "unplaced") and `kill(handle)`. A handle is a small JSON-able dict, stored on the job row, so that a
+("running" | "exited"; a remote executor may also say "lost" or "unplaced"), `kill(handle)` and
+`adopt(job_dir, attempt) -> handle | None` (an attempt running for the job whose handle was never recorded: the
+service died between starting it and storing its handle). A handle is a small JSON-able dict, stored on the job row, so that a
 restarted service can adopt an attempt that outlived it. The process is identified by pid *and* its kernel start
 time, so a recycled pid is never mistaken for our trainer. `host` names the machine: only a scheduler on that host
 can observe the attempt (the scheduler leases such a job only to replicas on it).
@@ -52,6 +54,20 @@ class LocalExecutor:
 
     def signal(self, job_dir: Path, command: str) -> None:
         jobdir.write_control(job_dir, command)
+
+    def adopt(self, job_dir: Path, attempt: int) -> dict | None:
+        want = str(job_dir).encode()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                parts = cmdline.read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile
+                continue
+            if parts[1:4] == [b"-m", b"openft.train", want]:
+                pid = int(cmdline.parent.name)
+                started = _start_time(pid)
+                if started is not None:
+                    return {"executor": "local", "host": self.host, "pid": pid, "start_time": started}
+        return None
 
     def poll(self, handle: dict) -> str:
         pid = handle["pid"]

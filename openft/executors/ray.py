@@ -98,6 +98,12 @@ class RayExecutor:
         log = job_dir / f"attempt-{attempt}.log"
         return {"executor": "ray", "actor": _name(job_dir), "log": str(log), "created": time.time()}
 
+    def adopt(self, job_dir: Path, attempt: int) -> dict | None:
+        if self._actor(_name(job_dir)) is None:
+            return None
+        return {"executor": "ray", "actor": _name(job_dir), "log": str(job_dir / f"attempt-{attempt}.log"),
+                "created": time.time()}
+
     def signal(self, job_dir: Path, command: str) -> None:
         actor = self._actor(_name(job_dir))
         if actor is not None:

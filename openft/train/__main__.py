@@ -65,10 +65,20 @@ def run_attempt(job_dir: Path) -> dict:
     return recipe(job_dir, spec)
 
 
+# What a full disk, a file size limit or a failing device says, as OSError or through a library's own exception.
+STORAGE_FAULTS = ("No space left on device", "File too large", "Disk quota exceeded", "Input/output error")
+
+
 def _error(exc: Exception) -> dict:
-    """The job's ``error``: a JobError names the problem; anything else is a server error."""
+    """The job's ``error``: a JobError names the problem; a storage fault says so; anything else is a server
+    error."""
     if isinstance(exc, JobError):
         return {"code": exc.code, "message": str(exc), "param": None}
+    fault = next((f for f in STORAGE_FAULTS if f in str(exc)), None)
+    if fault:
+        message = (f"Training failed: the job's storage could not be written ({fault}). The checkpoints listed "
+                   f"before it are intact. Details: {type(exc).__name__}: {exc}")
+        return {"code": "server_error", "message": message[:2000], "param": None}
     return {"code": "server_error", "message": f"Training failed: {type(exc).__name__}: {exc}", "param": None}
 
 
