@@ -320,7 +320,7 @@ class Scheduler:
                 last_step = r["data"]["step"]
                 events.append({"message": r["message"], "type": "metrics", "data": r["data"], "ts": r["ts"]})
             elif r["kind"] == "checkpoint":
-                if str(job_dir / r["path"]) in listed:  # rewritten by a re-run: the listed row stays the one
+                if _location(job_dir, r) in listed:  # rewritten by a re-run: the listed row stays the one
                     continue
                 row = self._checkpoint_row(job, job_dir, r)
                 listed.add(row.path)
@@ -353,7 +353,7 @@ class Scheduler:
         return t.Checkpoint(
             id=new_id("ftckpt"), job_id=job.id, organization_id=job.organization_id, created_at=int(r["ts"]),
             model_name=name, step_number=r["step"], metrics=metrics, reason=r["reason"],
-            path=r.get("location") or str(job_dir / r["path"]),  # a trainer that published it says where
+            path=_location(job_dir, r),
         )
 
     def _rotate(self, job: t.Job, job_dir: Path) -> None:
@@ -373,6 +373,11 @@ class Scheduler:
         for c in old:
             self.checkpoints.remove(c.path, self.settings.jobs_dir)
             models.remove_exports(self.settings, c.model_name)
+
+
+def _location(job_dir: Path, record: dict) -> str:
+    """Where a checkpoint record's checkpoint is kept: the store location its trainer published it to, or its folder."""
+    return record.get("location") or str(job_dir / record["path"])
 
 
 def _where(job_dir: Path, resume_from: str) -> str:
