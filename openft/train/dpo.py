@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer
@@ -77,6 +79,7 @@ def run(job_dir: Path, spec: dict) -> dict:
             loss_type=["sigmoid"],
             disable_dropout=True,
         ),
+        data_collator=collate,
         train_dataset=Dataset.from_list(train_pairs),
         processing_class=tokenizer,
         peft_config=lora,
@@ -90,7 +93,8 @@ def run(job_dir: Path, spec: dict) -> dict:
 
 
 class ReportingDPOTrainer(DPOTrainer):
-    """DPOTrainer on pairs that ``data`` has tokenised; keeps the last training batch's figures for reporting."""
+    """DPOTrainer on pairs that ``data`` has tokenised, batched by ``collate`` and scored by ``pair_logps`` (the
+    cheap path of the module docstring); keeps the last batch's figures for reporting."""
 
     last_figures: dict | None = None
     last_eval_figures: dict | None = None
@@ -99,26 +103,96 @@ class ReportingDPOTrainer(DPOTrainer):
         return dataset  # already {"prompt_ids", "chosen_ids", "rejected_ids"}, truncated to max_length
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if return_outputs else result
-        mode = "train" if self.model.training else "eval"
-        # DPOTrainer records each batch's figures in _metrics (averaged and cleared when it logs): take this batch's.
-        recorded = self._metrics[mode]
-        accuracy = recorded["rewards/accuracies"][-1]
-        figures = {
-            "loss": float(loss.detach()),
-            "mean_token_accuracy": accuracy,
-            "reward_margin": recorded["rewards/margins"][-1],
-            "reward_accuracy": accuracy,
-            "chosen_logps": recorded["logps/chosen"][-1],
-            "rejected_logps": recorded["logps/rejected"][-1],
-        }
-        if mode == "train":
+        # One batch per optimizer step, so the batch mean is the step's loss (num_items_in_batch is not needed).
+        with torch.no_grad():
+            if self.ref_model is None:  # LoRA: the reference is the policy without its adapter
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    ref_chosen, ref_rejected = pair_logps(model, inputs)
+            else:
+                ref_chosen, ref_rejected = pair_logps(self.ref_model, inputs)
+        chosen, rejected = pair_logps(model, inputs)
+        loss, figures = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        if self.model.training:
             self.last_figures = figures
         else:
-            recorded.clear()  # validation is ours, not the Trainer's: leave nothing for its logs
             self.last_eval_figures = figures
-        return result
+        return (loss, None) if return_outputs else loss
+
+
+def collate(pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """Pairs ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` → one row per pair: its prompt once, then the chosen
+    completion, then the rejected one, which is positioned and masked as if it followed the prompt directly (it
+    attends to the prompt and to itself, never to the chosen completion). Rows are right-padded; padding attends to
+    itself only. Also returns, for every completion token, the flat position of the logits that predict it
+    (``sources``), the token (``targets``) and the completion it belongs to (``owners``: pair i's chosen is i, its
+    rejected n + i)."""
+    n = len(pairs)
+    width = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
+    input_ids = torch.zeros((n, width), dtype=torch.long)
+    position_ids = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1)
+    sources, targets, owners = [], [], []
+    for i, pair in enumerate(pairs):
+        prompt, chosen, rejected = pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]
+        p, c, r = len(prompt), len(chosen), len(rejected)
+        length = p + c + r
+        input_ids[i, :length] = torch.tensor(prompt + chosen + rejected, dtype=torch.long)
+        position_ids[i, : p + c] = torch.arange(p + c)
+        position_ids[i, p + c : length] = torch.arange(p, p + r)
+        mask[i, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
+        mask[i, p + c : length, p : p + c] = False
+        # A completion's first token is predicted at the prompt's last position, each later one at the token before.
+        for owner, start, tokens in ((i, p, chosen), (n + i, p + c, rejected)):
+            for k, token in enumerate(tokens):
+                source = p - 1 if k == 0 else start + k - 1
+                if source >= 0:  # no prompt: the first token has nothing to be predicted from (TRL skips it too)
+                    sources.append(i * width + source)
+                    targets.append(token)
+                    owners.append(owner)
+    return {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask[:, None],
+        "sources": torch.tensor(sources, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+        "owners": torch.tensor(owners, dtype=torch.long),
+    }
+
+
+def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed token log-probs of every chosen and every rejected completion of a ``collate`` batch. Only the
+    positions that predict a completion token go through the LM head."""
+    input_ids, sources = batch["input_ids"], batch["sources"]
+    keep = torch.zeros(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
+    keep[sources] = True
+    rows = (keep.cumsum(0) - 1)[sources]  # each source's row among the kept logits
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(batch["attention_mask"].shape, dtype=dtype, device=input_ids.device)
+    mask.masked_fill_(~batch["attention_mask"], torch.finfo(dtype).min)
+    logits = model(input_ids=input_ids, position_ids=batch["position_ids"], attention_mask=mask,
+                   logits_to_keep=keep.view_as(input_ids), use_cache=False).logits.float()  # (kept, vocab)
+    token_logps = logits[rows, batch["targets"]] - torch.logsumexp(logits, dim=-1)[rows]
+    n = input_ids.shape[0]
+    sums = torch.zeros(2 * n, dtype=token_logps.dtype, device=token_logps.device)
+    sums = sums.index_add(0, batch["owners"], token_logps)
+    return sums[:n], sums[n:]
+
+
+def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float) -> tuple[torch.Tensor, dict]:
+    """DPO's sigmoid loss (mean over pairs) and the batch's figures (see the module docstring)."""
+    chosen_rewards = beta * (chosen - ref_chosen)
+    rejected_rewards = beta * (rejected - ref_rejected)
+    margins = chosen_rewards - rejected_rewards
+    loss = -F.logsigmoid(margins).mean()
+    accuracy = float((chosen_rewards > rejected_rewards).float().mean())
+    return loss, {
+        "loss": float(loss.detach()),
+        "mean_token_accuracy": accuracy,
+        "reward_margin": float(margins.detach().mean()),
+        "reward_accuracy": accuracy,
+        "chosen_logps": float(chosen.detach().mean()),
+        "rejected_logps": float(rejected.detach().mean()),
+    }
 
 
 def _evaluate(trainer: ReportingDPOTrainer, batches: list[list[dict]]) -> dict:

@@ -1,0 +1,98 @@
+"""The fast paths of DPO and RFT change no result: real training of the tiny model through ``openft.train``'s own
+entry point, compared with the same job computed the plain way.
+
+DPO's fast path scores each pair as one row (prompt once, both completions after it) and sends only the positions
+that predict a completion token through the LM head; the plain way is TRL's padded [chosen; rejected] batch, full
+logits, a log-softmax over the whole vocabulary and a gather of the completion tokens. Per-step losses and figures
+must agree within float tolerance over a whole run (two epochs, with validation).
+
+RFT's fast path samples all completions of a step in one batched, left-padded ``generate`` call; greedy decoding of
+a batch must give exactly the completions of one prompt at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from openft.train import dpo
+from openft.train.__main__ import run_attempt
+from tests.test_trainer_dpo import new_job, per_step, preference_rows, write_jsonl
+from tests.test_trainer_sft import records
+
+FIGURES = ["loss", "reward_margin", "reward_accuracy", "chosen_logps", "rejected_logps"]
+
+
+def plain_collate(pairs: list[dict]) -> dict[str, torch.Tensor]:
+    """TRL's own preference batch: prompt + chosen rows, then prompt + rejected rows, right-padded."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    return DataCollatorForPreference(pad_token_id=0)(pairs)
+
+
+def plain_pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full logits, log-softmax over the vocabulary, the completion tokens' log-probs summed per sequence."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    sums = (logps * batch["completion_mask"][:, 1:]).sum(dim=1)
+    return sums.chunk(2)
+
+
+@pytest.fixture(scope="module")
+def dpo_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prefs")
+    return {"train": write_jsonl(folder / "train.jsonl", preference_rows(10, seed=1)),
+            "valid": write_jsonl(folder / "valid.jsonl", preference_rows(3, seed=2))}
+
+
+def dpo_run(job_dir, tiny_model, files) -> dict:
+    hyperparameters = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0, "learning_rate": 5e-3,
+                       "beta": 0.1}
+    new_job(job_dir, tiny_model, files, hyperparameters=hyperparameters)
+    torch.manual_seed(0)  # the LoRA weights are drawn before the Trainer seeds: same draw for both runs
+    return run_attempt(job_dir)
+
+
+def test_dpo_fast_path_losses_equal_the_plain_computation_step_by_step(tmp_path, tiny_model, dpo_files,
+                                                                       monkeypatch):
+    fast = tmp_path / "fast"
+    assert dpo_run(fast, tiny_model, dpo_files)["status"] == "succeeded"
+    with monkeypatch.context() as patch:
+        patch.setattr(dpo, "collate", plain_collate)
+        patch.setattr(dpo, "pair_logps", plain_pair_logps)
+        plain = tmp_path / "plain"
+        assert dpo_run(plain, tiny_model, dpo_files)["status"] == "succeeded"
+
+    steps = [r["data"]["step"] for r in records(fast, "metrics")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert per_step(fast, "train_loss")[1] == pytest.approx(math.log(2), abs=1e-6)  # the policy is the reference
+    for split in ("train", "valid"):
+        for figure in FIGURES:
+            got, want = per_step(fast, f"{split}_{figure}"), per_step(plain, f"{split}_{figure}")
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-5), f"{split}_{figure}"
+    for figure in FIGURES:  # epoch ends: the whole validation set
+        got = per_step_optional(fast, f"full_valid_{figure}")
+        assert got and got == pytest.approx(per_step_optional(plain, f"full_valid_{figure}"), rel=1e-4, abs=1e-5)
+    # Learning happened, so the comparison covered trained weights, not only the start.
+    assert per_step(fast, "train_reward_margin")[6] != 0
+
+
+def per_step_optional(job_dir, key: str) -> dict[int, float]:
+    return {r["data"]["step"]: r["data"][key] for r in records(job_dir, "metrics") if key in r["data"]}
+
+
+def test_dpo_collate_lets_the_rejected_completion_see_the_prompt_but_never_the_chosen_one():
+    batch = dpo.collate([{"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9]},
+                         {"prompt_ids": [5], "chosen_ids": [], "rejected_ids": [3, 4]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 3, 4, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 0]]
+    mask = batch["attention_mask"][:, 0].int().tolist()
+    assert mask[0][4] == [1, 1, 0, 0, 1]  # rejected token: prompt and itself
+    assert mask[0][3] == [1, 1, 1, 1, 0]
+    assert mask[1][3] == [0, 0, 0, 1, 0]  # padding: itself only
+    # chosen 7 and rejected 9 are both predicted at the prompt's last position (flat 1), 8 at 7's (flat 2) ...
+    assert batch["sources"].tolist() == [1, 2, 1, 5, 6]
+    assert batch["targets"].tolist() == [7, 8, 9, 3, 4]
+    assert batch["owners"].tolist() == [0, 0, 2, 3, 3]  # pair i's chosen is i, its rejected 2 + i
