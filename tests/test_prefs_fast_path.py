@@ -95,4 +95,4 @@ def test_dpo_collate_lets_the_rejected_completion_see_the_prompt_but_never_the_c
     # chosen 7 and rejected 9 are both predicted at the prompt's last position (flat 1), 8 at 7's (flat 2) ...
     assert batch["sources"].tolist() == [1, 2, 1, 5, 6]
     assert batch["targets"].tolist() == [7, 8, 9, 3, 4]
-    assert batch["owners"].tolist() == [0, 0, 2, 3, 3]  # pair i's chosen is i, its rejected 2 + i
+    assert batch["owners"].tolist() == [0, 0, 1, 3, 3]  # pair i's chosen is completion 2i, its rejected 2i + 1

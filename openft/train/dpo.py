@@ -13,7 +13,15 @@ from a checkpoint, so that a resumed attempt compares against the same reference
 Specific to DPO: the sigmoid loss of the DPO paper with ``beta`` from ``spec["hyperparameters"]``; dropout
 disabled in policy and reference (TRL's DPO default: a pair's two log-ratios must come from the same function, so
 ``lora.dropout`` does not apply); the pairs are tokenised and truncated by ``data`` (TRL's own preprocessing is
-skipped); a step's batch is ``batch_size`` pairs, i.e. 2 × ``batch_size`` sequences.
+skipped); a step's batch is ``batch_size`` pairs.
+
+The cheap path (replacing TRL's loss, which pads 2 × ``batch_size`` sequences to the longest, runs the prompt twice
+per pair and computes entropy, mean logits and top-1 accuracy over the vocabulary at every completion position):
+each pair is one row, its prompt once and both completions after it (``shared_prefix``), and only the positions
+that predict a completion token go through the LM head. The reference log-probs come from the same rows, without
+gradients, with the adapter disabled (LoRA) or from the frozen copy (full fine-tuning). The per-step figures equal
+those of the plain computation (full logits, log-softmax, gather; tests/test_prefs_fast_path.py) within float
+tolerance.
 
 What each step reports (``metrics`` records, ``data``), beside ``step`` and ``total_steps``:
 
@@ -42,7 +50,7 @@ from datasets import Dataset
 from transformers.utils import logging as hf_logging
 from trl import DPOConfig, DPOTrainer
 
-from openft.train import attempt, data, models
+from openft.train import attempt, data, models, shared_prefix
 
 
 def run(job_dir: Path, spec: dict) -> dict:
@@ -120,62 +128,16 @@ class ReportingDPOTrainer(DPOTrainer):
 
 
 def collate(pairs: list[dict]) -> dict[str, torch.Tensor]:
-    """Pairs ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` → one row per pair: its prompt once, then the chosen
-    completion, then the rejected one, which is positioned and masked as if it followed the prompt directly (it
-    attends to the prompt and to itself, never to the chosen completion). Rows are right-padded; padding attends to
-    itself only. Also returns, for every completion token, the flat position of the logits that predict it
-    (``sources``), the token (``targets``) and the completion it belongs to (``owners``: pair i's chosen is i, its
-    rejected n + i)."""
-    n = len(pairs)
-    width = max(len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
-    input_ids = torch.zeros((n, width), dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.eye(width, dtype=torch.bool).repeat(n, 1, 1)
-    sources, targets, owners = [], [], []
-    for i, pair in enumerate(pairs):
-        prompt, chosen, rejected = pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]
-        p, c, r = len(prompt), len(chosen), len(rejected)
-        length = p + c + r
-        input_ids[i, :length] = torch.tensor(prompt + chosen + rejected, dtype=torch.long)
-        position_ids[i, : p + c] = torch.arange(p + c)
-        position_ids[i, p + c : length] = torch.arange(p, p + r)
-        mask[i, :length, :length] = torch.ones(length, length, dtype=torch.bool).tril()
-        mask[i, p + c : length, p : p + c] = False
-        # A completion's first token is predicted at the prompt's last position, each later one at the token before.
-        for owner, start, tokens in ((i, p, chosen), (n + i, p + c, rejected)):
-            for k, token in enumerate(tokens):
-                source = p - 1 if k == 0 else start + k - 1
-                if source >= 0:  # no prompt: the first token has nothing to be predicted from (TRL skips it too)
-                    sources.append(i * width + source)
-                    targets.append(token)
-                    owners.append(owner)
-    return {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "attention_mask": mask[:, None],
-        "sources": torch.tensor(sources, dtype=torch.long),
-        "targets": torch.tensor(targets, dtype=torch.long),
-        "owners": torch.tensor(owners, dtype=torch.long),
-    }
+    """Pairs ``{"prompt_ids", "chosen_ids", "rejected_ids"}`` → one row each (``shared_prefix``): the prompt once,
+    then the chosen completion (completion 2i), then the rejected one (2i + 1), which never sees the chosen."""
+    return shared_prefix.collate([(p["prompt_ids"], [p["chosen_ids"], p["rejected_ids"]]) for p in pairs])
 
 
 def pair_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed token log-probs of every chosen and every rejected completion of a ``collate`` batch. Only the
-    positions that predict a completion token go through the LM head."""
-    input_ids, sources = batch["input_ids"], batch["sources"]
-    keep = torch.zeros(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
-    keep[sources] = True
-    rows = (keep.cumsum(0) - 1)[sources]  # each source's row among the kept logits
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(batch["attention_mask"].shape, dtype=dtype, device=input_ids.device)
-    mask.masked_fill_(~batch["attention_mask"], torch.finfo(dtype).min)
-    logits = model(input_ids=input_ids, position_ids=batch["position_ids"], attention_mask=mask,
-                   logits_to_keep=keep.view_as(input_ids), use_cache=False).logits.float()  # (kept, vocab)
-    token_logps = logits[rows, batch["targets"]] - torch.logsumexp(logits, dim=-1)[rows]
-    n = input_ids.shape[0]
-    sums = torch.zeros(2 * n, dtype=token_logps.dtype, device=token_logps.device)
-    sums = sums.index_add(0, batch["owners"], token_logps)
-    return sums[:n], sums[n:]
+    """The summed token log-probs of every chosen and every rejected completion of a ``collate`` batch."""
+    pairs = batch["input_ids"].shape[0]
+    per_completion = shared_prefix.sums(shared_prefix.token_logps(model, batch), batch["owners"], 2 * pairs)
+    return per_completion[0::2], per_completion[1::2]
 
 
 def dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta: float) -> tuple[torch.Tensor, dict]:
