@@ -7,15 +7,23 @@ logits, a log-softmax over the whole vocabulary and a gather of the completion t
 must agree within float tolerance over a whole run (two epochs, with validation).
 
 RFT's fast path samples all completions of a step in one batched, left-padded ``generate`` call; greedy decoding of
-a batch must give exactly the completions of one prompt at a time.
+a batch must give exactly the completions of one prompt at a time. RFT's training forward scores each prompt's
+completions in one row after the prompt; with LoRA dropout 0 (no random draw in the forward) its losses and
+weights must equal TRL's own loss within float tolerance. (With dropout, the masks are drawn over the other layout:
+the same distribution, other draws, so a run cannot be compared step by step.)
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from openft import jobdir
 
 from openft.train import dpo
 from openft.train.__main__ import run_attempt
@@ -23,6 +31,16 @@ from tests.test_trainer_dpo import new_job, per_step, preference_rows, write_jso
 from tests.test_trainer_sft import records
 
 FIGURES = ["loss", "reward_margin", "reward_accuracy", "chosen_logps", "rejected_logps"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These runs train in this process, whose OpenMP threads spin (the trainer's own process sets them passive
+    before torch loads): on a busy machine spinning threads make a tiny model's step take seconds, not ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def plain_collate(pairs: list[dict]) -> dict[str, torch.Tensor]:
@@ -96,3 +114,49 @@ def test_dpo_collate_lets_the_rejected_completion_see_the_prompt_but_never_the_c
     assert batch["sources"].tolist() == [1, 2, 1, 5, 6]
     assert batch["targets"].tolist() == [7, 8, 9, 3, 4]
     assert batch["owners"].tolist() == [0, 0, 1, 3, 3]  # pair i's chosen is completion 2i, its rejected 2i + 1
+
+
+def test_rft_fast_path_losses_and_weights_equal_trls_own_loss_step_by_step(tmp_path, tiny_model, monkeypatch):
+    from trl import GRPOTrainer
+
+    from openft.train import rft
+    from tests.test_trainer_rft import STRING_GRADER, rft_rows
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rft_rows(6, 0)))
+
+    def job(name: str) -> Path:
+        job_dir = tmp_path / name
+        job_dir.mkdir()
+        hyperparameters = {"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 1.0, "learning_rate": 2e-2,
+                           "compute_multiplier": 0.75, "eval_interval": 100, "eval_samples": 1,
+                           "reasoning_effort": "low"}
+        spec = {"job_id": "ftjob_" + "3" * 32, "method": "reinforcement", "base_model": "tiny",
+                "base_model_path": str(tiny_model), "training_file": str(data), "validation_file": None,
+                "hyperparameters": hyperparameters, "grader": STRING_GRADER, "seed": 42,
+                "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "max_length": 96, "resume_from": None, "attempt": 1}
+        jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
+        torch.manual_seed(0)
+        assert run_attempt(job_dir)["status"] == "succeeded"
+        return job_dir
+
+    fast = job("fast")
+
+    def trls_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = GRPOTrainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        self.last_loss = float(loss.detach())
+        return loss
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rft.GradedGRPOTrainer, "compute_loss", trls_loss)
+        plain = job("plain")
+
+    assert per_step(fast, "completion_tokens_mean") == per_step(plain, "completion_tokens_mean")
+    assert per_step(fast, "train_mean_reward") == per_step(plain, "train_mean_reward")
+    assert per_step(fast, "train_loss") == pytest.approx(per_step(plain, "train_loss"), rel=1e-4, abs=1e-6)
+    got, want = (load_file(j / "checkpoints" / "final" / "adapter_model.safetensors") for j in (fast, plain))
+    assert got.keys() == want.keys()
+    for name in got:
+        assert torch.allclose(got[name], want[name], rtol=1e-3, atol=1e-5), name
+    # Training moved the adapter (B starts at 0), so the comparison covered the gradients.
+    assert any(name.endswith("lora_B.weight") and got[name].abs().max() > 0 for name in got)

@@ -87,7 +87,7 @@ from openft.errors import InvalidRequest
 from openft.graders import Endpoint, make_sample, validate_grader
 from openft.graders.outcome import Outcome
 from openft.graders.run import grade
-from openft.train import JobError, attempt, data, models, reporting
+from openft.train import JobError, attempt, data, models, reporting, shared_prefix
 
 COMPLETION_TOKENS = {"low": 32, "default": 64, "medium": 128, "high": 256}
 ERROR_KINDS = ("sample_parse_error", "invalid_variable_error", "other_error")
@@ -219,9 +219,30 @@ class GradedGRPOTrainer(GRPOTrainer):
             self.generation_seconds = time.monotonic() - started
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = grpo_loss(model, inputs, self.epsilon_low, self.epsilon_high)
         self.last_loss = float(loss.detach())  # one batch per optimizer step: the step's loss
         return loss
+
+
+def grpo_loss(model, inputs: dict, epsilon_low: float, epsilon_high: float) -> torch.Tensor:
+    """TRL's "dapo" GRPO loss for one generation batch with one optimisation pass (no KL term): the clipped
+    policy-gradient objective summed over all completion tokens over their number. The completions of one prompt are
+    scored in one row after the prompt (``shared_prefix``), only at their tokens' positions."""
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["prompt_ids"], inputs["prompt_mask"], strict=True)]
+    completions = [ids[mask.bool()].tolist()
+                   for ids, mask in zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)]
+    rows_of: dict[tuple, list[int]] = {}  # the batch's rows by prompt (TRL shuffles a generation batch's rows)
+    for row, prompt in enumerate(prompts):
+        rows_of.setdefault(tuple(prompt), []).append(row)
+    order = [row for rows in rows_of.values() for row in rows]  # collate's completion numbering → batch row
+    groups = [(list(prompt), [completions[row] for row in rows]) for prompt, rows in rows_of.items()]
+    device = inputs["advantages"].device
+    batch = {k: v.to(device) for k, v in shared_prefix.collate(groups).items()}
+    logps = shared_prefix.token_logps(model, batch)
+    advantages = inputs["advantages"][torch.tensor(order, device=device)[batch["owners"]]]
+    ratio = torch.exp(logps - logps.detach())  # 1, with the gradient of log π: one pass, the policy sampled them
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    return -torch.min(ratio * advantages, clipped * advantages).sum() / inputs["num_items_in_batch"].clamp(min=1.0)
 
 
 class ValidationCheckpoints(attempt.JobCallback):
