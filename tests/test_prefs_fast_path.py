@@ -160,3 +160,54 @@ def test_rft_fast_path_losses_and_weights_equal_trls_own_loss_step_by_step(tmp_p
         assert torch.allclose(got[name], want[name], rtol=1e-3, atol=1e-5), name
     # Training moved the adapter (B starts at 0), so the comparison covered the gradients.
     assert any(name.endswith("lora_B.weight") and got[name].abs().max() > 0 for name in got)
+
+
+def test_rft_samples_a_batch_with_the_merged_adapter_exactly_as_one_prompt_at_a_time_unmerged(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openft.train import data, rft
+    from tests.test_trainer_rft import rft_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    path = Path(tiny_model) / "prompts.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rft_rows(5, 0)))
+    prompts = [p["prompt_ids"] for p in data.tokenize_prompt_file(path, tokenizer, None)[0]]
+    prompts[1] = prompts[1][-7:]  # lengths differ: the batch is left-padded
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.05)  # an adapter that changes the answers
+    before = {name: weight.clone() for name, weight in model.state_dict().items()}
+    settings = {"do_sample": False, "max_new_tokens": 12, "pad_token_id": 0, "eos_token_id": None,
+                "output_scores": True, "return_dict_in_generate": True}
+
+    def alone() -> tuple[list, torch.Tensor]:
+        """Each prompt on its own: completions and next-token scores, (prompts, steps, vocabulary)."""
+        outs = [model.generate(input_ids=torch.tensor([ids]), **settings) for ids in prompts]
+        return ([o.sequences[0, len(ids):].tolist() for o, ids in zip(outs, prompts, strict=True)],
+                torch.stack([torch.cat(o.scores) for o in outs]))
+
+    model.eval()
+    completions, scores = alone()
+    with model.disable_adapter():
+        _, base_scores = alone()
+    model.train()
+    width = max(map(len, prompts))
+    with rft.sampling_policy(model):
+        assert not model.training
+        out = model.generate(
+            input_ids=torch.tensor([[0] * (width - len(ids)) + ids for ids in prompts]),
+            attention_mask=torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]), **settings)
+    # The same greedy completions, and the same distribution at every step (what sampling draws from).
+    assert out.sequences[:, width:].tolist() == completions
+    assert torch.allclose(torch.stack(out.scores, dim=1), scores, atol=1e-4)
+    assert not torch.allclose(base_scores, scores, atol=1e-2)  # the adapter matters: its merge was exercised
+    # Bit for bit the weights it started with, LoRA active again, training mode back.
+    assert model.training
+    assert all(torch.equal(before[name], weight) for name, weight in model.state_dict().items())
+    model.eval()
+    assert torch.equal(alone()[1], scores)
