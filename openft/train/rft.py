@@ -46,7 +46,8 @@ buffer boundary, the only place a pause is exact, so ``attempt.JobCallback`` may
 What each step reports (``metrics`` records, ``data``), beside ``step`` and ``total_steps``:
 
 * ``train_loss``: the step's GRPO loss (TRL's "dapo" loss: the clipped policy-gradient objective averaged over
-  completion tokens, computed by ``grpo_loss`` with each prompt scored once for all its completions; its value hovers around 0 and is not a measure of quality — the reward is);
+  completion tokens, computed by ``grpo_loss`` with each prompt scored once for all its completions; its value
+  hovers around 0 and is not a measure of quality — the reward is);
 * ``train_mean_reward``: the mean reward of the step's batch_size × num_generations completions;
 * ``train_mean_parse_error``: the fraction of them the grader could not parse (``sample_parse_error``, e.g. a
   ``{{sample.output_json.x}}`` on an output that is not JSON); ``train_mean_grader_error``: the fraction that could
