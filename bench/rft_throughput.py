@@ -11,7 +11,9 @@ grader, operation "ilike"; TRL: the same test as a Python reward function), 4 pr
 most 32 completion tokens (openft's reasoning_effort "low"), temperature 1.0, no KL term (beta 0), one optimisation
 pass per generation, LoRA r 8 / alpha 16 / dropout 0.05 (the service's default) on all linear layers, learning rate
 1e-5 decaying linearly, 1 epoch (3 steps by default), seed 42, OMP_WAIT_POLICY=PASSIVE for both (see
-bench/dpo_throughput.py). No validation file.
+bench/dpo_throughput.py). No validation file. Where the two differ by design: openft samples from the policy in eval
+mode with the adapter merged (TRL's transformers path samples in training mode, LoRA dropout on, adapter unmerged)
+and scores each prompt's completions in one row after the prompt (TRL: one padded row per completion).
 
 Steady state: the time from the end of the first optimizer step to the end of the last, per step. Printed: each
 run's s/step, each pair's ratio (plain TRL s/step ÷ openft s/step), their median and spread, the load average
