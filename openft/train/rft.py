@@ -20,7 +20,10 @@ OpenAI's hyperparameters, and what they become here:
   sampled per validation prompt.
 * ``batch_size``, ``n_epochs``, ``learning_rate`` as in every recipe (``attempt.training_args``).
 
-Sampling: temperature 1.0, no top-p/top-k (TRL's defaults). Training completions draw from the global torch RNG,
+Sampling: temperature 1.0, no top-p/top-k (TRL's defaults), all completions of a step in one batched,
+left-padded ``generate`` call with a KV cache (TRL's), from the policy in eval mode (no LoRA dropout) with the
+adapter merged into a copy of the weights (``sampling_policy``), as a serving engine, or TRL's vLLM path, samples
+it. Training completions draw from the global torch RNG,
 which the Trainer seeds from ``spec["seed"]`` and checkpoints. Validation completions draw from a generator
 forked off it and seeded with ``spec["seed"]`` each time: every validation samples with the same noise, so its
 reward follows the model, not the dice, and it draws nothing from the training stream. GRPO's settings beyond
@@ -43,7 +46,8 @@ buffer boundary, the only place a pause is exact, so ``attempt.JobCallback`` may
 What each step reports (``metrics`` records, ``data``), beside ``step`` and ``total_steps``:
 
 * ``train_loss``: the step's GRPO loss (TRL's "dapo" loss: the clipped policy-gradient objective averaged over
-  completion tokens; its value hovers around 0 and is not a measure of quality — the reward is);
+  completion tokens, computed by ``grpo_loss`` with each prompt scored once for all its completions; its value
+  hovers around 0 and is not a measure of quality — the reward is);
 * ``train_mean_reward``: the mean reward of the step's batch_size × num_generations completions;
 * ``train_mean_parse_error``: the fraction of them the grader could not parse (``sample_parse_error``, e.g. a
   ``{{sample.output_json.x}}`` on an output that is not JSON); ``train_mean_grader_error``: the fraction that could
@@ -72,12 +76,16 @@ every training completion (TRL's count, which the checkpoints carry).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from torch.utils.data import Sampler
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer
@@ -87,7 +95,7 @@ from openft.errors import InvalidRequest
 from openft.graders import Endpoint, make_sample, validate_grader
 from openft.graders.outcome import Outcome
 from openft.graders.run import grade
-from openft.train import JobError, attempt, data, models, reporting
+from openft.train import JobError, attempt, data, models, reporting, shared_prefix
 
 COMPLETION_TOKENS = {"low": 32, "default": 64, "medium": 128, "high": 256}
 ERROR_KINDS = ("sample_parse_error", "invalid_variable_error", "other_error")
@@ -214,14 +222,65 @@ class GradedGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         started = time.monotonic()
         try:
-            return super()._generate(prompts)
+            with sampling_policy(self.model):
+                return super()._generate(prompts)
         finally:
             self.generation_seconds = time.monotonic() - started
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = grpo_loss(model, inputs, self.epsilon_low, self.epsilon_high)
         self.last_loss = float(loss.detach())  # one batch per optimizer step: the step's loss
         return loss
+
+
+@contextmanager
+def sampling_policy(model) -> Iterator[None]:
+    """The policy as it samples: eval mode (no dropout), and with LoRA the adapter merged into the weights, so that
+    each decoding step runs the plain model instead of every adapted layer's extra A and B products (a large share
+    of a small batch's decoding step on CPU). The merged weights are new tensors and the originals are put back
+    untouched afterwards (merging and unmerging in place would leave rounding in the weights)."""
+    was_training = model.training
+    originals = []
+    model.eval()
+    try:
+        if isinstance(model, PeftModel):
+            with torch.no_grad():
+                for module in model.modules():
+                    if isinstance(module, LoraLayer) and not module.merged:
+                        weight = module.get_base_layer().weight
+                        delta = sum(module.get_delta_weight(name) for name in module.active_adapters
+                                    if name in module.lora_A)
+                        originals.append((weight, weight.data))
+                        weight.data = weight.data + delta
+            with model.disable_adapter():  # the adapters' own path is in the weights now
+                yield
+        else:
+            yield
+    finally:
+        for weight, original in originals:
+            weight.data = original
+        model.train(was_training)
+
+
+def grpo_loss(model, inputs: dict, epsilon_low: float, epsilon_high: float) -> torch.Tensor:
+    """TRL's "dapo" GRPO loss for one generation batch with one optimisation pass (no KL term): the clipped
+    policy-gradient objective summed over all completion tokens over their number. The completions of one prompt are
+    scored in one row after the prompt (``shared_prefix``), only at their tokens' positions."""
+    prompts = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["prompt_ids"], inputs["prompt_mask"], strict=True)]
+    completions = [ids[mask.bool()].tolist()
+                   for ids, mask in zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)]
+    rows_of: dict[tuple, list[int]] = {}  # the batch's rows by prompt (TRL shuffles a generation batch's rows)
+    for row, prompt in enumerate(prompts):
+        rows_of.setdefault(tuple(prompt), []).append(row)
+    order = [row for rows in rows_of.values() for row in rows]  # collate's completion numbering → batch row
+    groups = [(list(prompt), [completions[row] for row in rows]) for prompt, rows in rows_of.items()]
+    device = inputs["advantages"].device
+    batch = {k: v.to(device) for k, v in shared_prefix.collate(groups).items()}
+    logps = shared_prefix.token_logps(model, batch)
+    advantages = inputs["advantages"][torch.tensor(order, device=device)[batch["owners"]]]
+    ratio = torch.exp(logps - logps.detach())  # 1, with the gradient of log π: one pass, the policy sampled them
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    return -torch.min(ratio * advantages, clipped * advantages).sum() / inputs["num_items_in_batch"].clamp(min=1.0)
 
 
 class ValidationCheckpoints(attempt.JobCallback):
@@ -360,7 +419,7 @@ def _sample(trainer: GradedGRPOTrainer, prompts: list[list[int]], n: int, batch_
     eos, pad = set(trainer.eos_token_ids), tokenizer.pad_token_id
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     texts, completion_ids = [], []
-    with attempt.evaluating(model), torch.random.fork_rng(devices=devices):
+    with sampling_policy(model), torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for chunk in attempt.batches(prompts, batch_size):
             repeated = [ids for ids in chunk for _ in range(n)]
