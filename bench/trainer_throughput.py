@@ -70,8 +70,8 @@ WORDS = ("the a of to in is it you that he was for on are with as his they be at
          "equate hot miss brought heat snow tire bring yes distant fill east paint language among").split()
 
 
-def make_rows(tokenizer) -> list[dict]:
-    """64 chat examples, each 60–200 tokens as the chat template renders it (lengths uniform, fixed seed)."""
+def make_rows(tokenizer, n: int = N_EXAMPLES, lengths: tuple[int, int] = (60, 200)) -> list[dict]:
+    """``n`` chat examples, each of ``lengths`` tokens as openft renders it (uniform in that range, fixed seed)."""
     from openft.train.data import tokenize_row
 
     rng = random.Random(SEED)
@@ -83,8 +83,8 @@ def make_rows(tokenizer) -> list[dict]:
                 {"role": "assistant", "content": " ".join(words[split:n]).capitalize() + "."}]
 
     rows = []
-    for _ in range(N_EXAMPLES):
-        target, words = rng.randint(60, 200), [rng.choice(WORDS) for _ in range(400)]
+    for _ in range(n):
+        target, words = rng.randint(*lengths), [rng.choice(WORDS) for _ in range(2 * lengths[1])]
         low, high = 1, len(words)  # the fewest words that render to at least ``target`` tokens
         while low < high:
             mid = (low + high) // 2
@@ -110,16 +110,17 @@ def matmul_flops_per_second(seconds: float = 3.0) -> float:
     return 2 * 2048**3 / best
 
 
-def run_openft(model: Path, train_file: Path, work: Path) -> dict:
-    """One run through ``python -m openft.train``; step end times come from its metrics records."""
+def run_openft(model: Path, train_file: Path, work: Path, batch: int = BATCH, lora: dict | None = LORA) -> dict:
+    """One run through ``python -m openft.train`` (``lora`` None: full fine-tuning); step end times come from its
+    metrics records."""
     from openft import jobdir
 
     job_dir = Path(tempfile.mkdtemp(prefix="openft-", dir=work))
     spec = {"job_id": "ftjob_" + "0" * 32, "method": "supervised", "base_model": "SmolLM2-135M-Instruct",
             "base_model_path": str(model), "training_file": str(train_file), "validation_file": None,
-            "hyperparameters": {"n_epochs": EPOCHS, "batch_size": BATCH, "learning_rate_multiplier": 1.0,
+            "hyperparameters": {"n_epochs": EPOCHS, "batch_size": batch, "learning_rate_multiplier": 1.0,
                                 "learning_rate": LEARNING_RATE},
-            "seed": SEED, "lora": LORA, "max_length": 4096, "resume_from": None, "attempt": 1}
+            "seed": SEED, "lora": lora, "max_length": 4096, "resume_from": None, "attempt": 1}
     jobdir.write_json_atomic(job_dir / jobdir.SPEC, spec)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(job_dir / "trainer.log", "wb") as log:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from openft import jobdir
-from tests.test_trainer_sft import chat_rows, new_job, per_step, run
+from tests.test_trainer_sft import chat_rows, finish, new_job, per_step, start
 
 N_EXAMPLES, EPOCHS, LEARNING_RATE = 8, 3, 2e-3
 
@@ -29,7 +29,7 @@ def trained(tmp_path_factory, tiny_model):
                       hyperparameters={"n_epochs": EPOCHS, "batch_size": N_EXAMPLES, "learning_rate": LEARNING_RATE,
                                        "learning_rate_multiplier": 1.0},
                       lora={"r": 8, "alpha": 16, "dropout": 0.0}, validation_file=None)
-    assert run(job_dir)["status"] == "succeeded"
+    assert finish(start(job_dir), job_dir, timeout=600)["status"] == "succeeded"  # 600: a busy machine
     return job_dir, train
 
 
