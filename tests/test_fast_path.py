@@ -41,7 +41,10 @@ def plain_batch(tiny_model, train) -> dict[str, torch.Tensor]:
 
     rows, _ = data.tokenize_file(train, AutoTokenizer.from_pretrained(tiny_model), max_length=96)
     width = max(len(r["input_ids"]) for r in rows)
-    pad = lambda ids, value: list(ids) + [value] * (width - len(ids))  # noqa: E731
+
+    def pad(ids: list[int], value: int) -> list[int]:
+        return list(ids) + [value] * (width - len(ids))
+
     return {"input_ids": torch.tensor([pad(r["input_ids"], 0) for r in rows]),
             "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
             "labels": torch.tensor([pad(r["labels"], data.IGNORE) for r in rows])}
