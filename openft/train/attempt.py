@@ -13,9 +13,9 @@ every setting that decides the numbers is derived from spec.json alone, so each 
 Trainer settings that differ from TRL's defaults, and why: fp32 on a CPU (TRL defaults to bf16, 14× slower on CPUs
 without native bf16; on a CUDA device with bf16, bf16 autocast over fp32 weights), PyTorch's fused AdamW (pinned; the
 default with this PyTorch), no activation checkpointing (~40 % slower; memory is not the limit on the models
-served), one batch per optimizer step with the last one partial (OpenAI's steps = ceil(examples / batch_size) × epochs), a linear
-decay to zero without warmup (jobs are tens of steps long, and LoRA's B = 0 start already makes the first updates
-small), and checkpoints at epoch ends (OpenAI's schedule; ``rft`` checkpoints at its validation steps instead).
+served), one batch per optimizer step with the last one partial (OpenAI's steps = ceil(examples / batch_size) ×
+epochs), a linear decay to zero without warmup (jobs are tens of steps long, and LoRA's B = 0 start already makes
+the first updates small), and checkpoints at epoch ends (OpenAI's schedule; ``rft`` checkpoints at its validation steps instead).
 The Trainer's checkpoint of the last epoch is not written: the final weights go to ``checkpoints/final``.
 """
 
