@@ -34,7 +34,8 @@ def load_tokenizer(spec: dict):
 
 def load_base_model(spec: dict):
     """The fp32 base model of ``spec``, with the adapters of ``spec["parent_adapters"]`` merged in, in order."""
-    model = AutoModelForCausalLM.from_pretrained(_base_path(spec), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(_base_path(spec), dtype=torch.float32,
+                                                 attn_implementation=attention_implementation())
     parents = [_folder(spec, parent) for parent in spec.get("parent_adapters") or []]
     for parent in parents:
         if not (parent / "adapter_config.json").is_file():
@@ -43,6 +44,20 @@ def load_base_model(spec: dict):
     if parents:
         model.requires_grad_(True)  # PEFT froze the base for inference; full fine-tuning trains every weight
     return model
+
+
+def bf16_autocast() -> bool:
+    """Whether steps run under bf16 autocast (weights, gradients and optimizer state stay fp32): on a CUDA device
+    with native bf16 only. A CPU trains in fp32."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def attention_implementation() -> str:
+    """FlashAttention 2 on a CUDA device with bf16 and the ``flash-attn`` package (padding-free batches then attend
+    per example through its variable-length kernel); SDPA everywhere else (on a CPU, PyTorch's flash kernel)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if bf16_autocast() and is_flash_attn_2_available() else "sdpa"
 
 
 def lora_config(spec: dict) -> LoraConfig | None:

@@ -9,12 +9,17 @@ Specific to SFT: batches are padding-free and the loss covers trained tokens onl
 replaces TRL's SFT loss (it also computes entropy and full-vocabulary accuracy on every position, 30–40 % of a
 step on CPU). Each step reports ``train_loss`` (mean over the batch's trained tokens) and
 ``train_mean_token_accuracy``, and with a validation file the same as ``valid_*`` and ``full_valid_*``.
+
+On a CUDA device (see ``models`` and ``attempt``): bf16 autocast, FlashAttention 2 where installed (SDPA otherwise),
+fused AdamW, and with ``liger-kernel`` installed its kernels in the model and its fused linear cross-entropy for the
+loss. Neither package is a dependency; without them the same code runs on PyTorch's kernels.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 from transformers.utils import logging as hf_logging
 from trl import SFTConfig, SFTTrainer
@@ -46,7 +51,7 @@ def run(job_dir: Path, spec: dict) -> dict:
     job = attempt.JobCallback(job_dir, measure)
     trainer = LabelOnlySFTTrainer(
         model=models.load_base_model(spec),
-        args=attempt.training_args(SFTConfig, job_dir, spec),
+        args=attempt.training_args(SFTConfig, job_dir, spec, **liger_settings()),
         train_dataset=Dataset.from_list(train_rows),
         processing_class=tokenizer,
         data_collator=batching.collate,
@@ -58,6 +63,15 @@ def run(job_dir: Path, spec: dict) -> dict:
 
     trained_tokens = sum(len(row["input_ids"]) for row in train_rows) * spec["hyperparameters"]["n_epochs"]
     return attempt.finish(job_dir, trainer, job, trained_tokens)
+
+
+def liger_settings() -> dict:
+    """On a CUDA device with ``liger-kernel``: its RMSNorm, RoPE and SwiGLU kernels patched into the model, as TRL
+    applies them (the loss is ``batching``'s, which uses Liger's fused linear cross-entropy itself)."""
+    if not torch.cuda.is_available() or batching.fused_linear_cross_entropy() is None:
+        return {}
+    return {"use_liger_kernel": True,
+            "liger_kernel_config": {"fused_linear_cross_entropy": False, "cross_entropy": False}}
 
 
 class LabelOnlySFTTrainer(SFTTrainer):
