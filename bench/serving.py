@@ -17,7 +17,9 @@ both runs generate the same tokens; the script checks that the answers are ident
 * single-request latency: one request alone through the batching engine (a batch of one, the plain forward with
   its adapter active) vs the same request through the decoding loop the worker used before batching (the adapter
   selected with ``set_adapter``, a plain forward per token), both in this process on the same loaded model, and
-  their ratio.
+  their ratio;
+* one decode step of the same rows in this process: PEFT's mixed-adapter forward vs openft's stacked LoRA
+  (``openft.infer.lora``) vs all rows through one adapter (no mixing at all), alternating.
 
 ``--backend vllm`` runs the same measurement on vLLM (a CUDA machine with vLLM installed).
 """
@@ -141,6 +143,56 @@ def single_request_latency(base: Path, adapter: str, max_tokens: int) -> None:
           f"-> {now / then:.2f}x (same tokens: {same}); torch threads {torch.get_num_threads()}")
 
 
+def mixed_step(base: Path, adapters: list[str], rows: int, context: int = 64, rounds: int = 7) -> None:
+    """One decode step of ``rows`` rows over ``adapters`` (round robin) after ``context`` tokens: PEFT's mixed-adapter
+    forward vs openft's stacked LoRA vs every row through one adapter (the plain forward: no mixing cost at all),
+    alternating, same process, same weights."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from openft.infer.lora import Stacks
+
+    names = [f"a{k}" for k in range(len(adapters))]
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapters[0], adapter_name=names[0])
+    for name, path in zip(names[1:], adapters[1:]):
+        peft.load_adapter(path, adapter_name=name)
+    peft.eval()
+    model, per_row = peft.base_model.model, [names[k % len(names)] for k in range(rows)]
+    stacks = Stacks.build(peft, names)
+    with torch.inference_mode():
+        prompt = torch.randint(0, 1000, (rows, context), generator=torch.Generator().manual_seed(0))
+        cache = model(input_ids=prompt, use_cache=True).cache
+        inputs = {"input_ids": prompt[:, -1:], "position_ids": torch.full((rows, 1), context), "use_cache": True,
+                  "logits_to_keep": 1, "attention_mask": torch.ones(rows, context + 1, dtype=torch.long)}
+
+        def peft_mixed():
+            return peft(**inputs, cache=cache, adapter_names=per_row)
+
+        def stacked():
+            with stacks.rows(per_row, prompt.device):
+                return model(**inputs, cache=cache)
+
+        def one_adapter():
+            peft.set_adapter(names[0])
+            return model(**inputs, cache=cache)
+
+        ways = {"PEFT mixed": peft_mixed, "stacked": stacked, "one adapter": one_adapter}
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        for k in range(rounds):
+            for way, run in ways.items() if k % 2 == 0 else reversed(ways.items()):
+                cache.crop(context - cache.get_seq_length())  # back to the prompt: the same step every time
+                start = time.perf_counter()
+                run()
+                times[way].append(time.perf_counter() - start)
+    ratios = {way: [t / p for t, p in zip(times[way], times["PEFT mixed"])] for way in ways}
+    print(f"one decode step, {rows} rows over {len(names)} adapters, {context} tokens of context, "
+          f"{rounds} alternating rounds (median; min-max of the per-round ratios to PEFT mixed):")
+    for way in ways:
+        print(f"  {way:12s} {statistics.median(times[way]) * 1000:7.1f} ms  -> "
+              f"{statistics.median(ratios[way]):.2f}x ({min(ratios[way]):.2f}-{max(ratios[way]):.2f})")
+
+
 def _previous_loop(engine, base: Path, adapter: str, request: dict, max_tokens: int) -> list[int]:
     """The worker's decoding before batching: select the adapter, prefill, then one plain forward per token."""
     import torch
@@ -179,6 +231,7 @@ def main() -> int:
         asyncio.run(measure(args, base, adapters))
         if args.backend == "cpu":
             single_request_latency(base, adapters[0], args.max_tokens)
+            mixed_step(base, adapters, args.requests)
     return 0
 
 
