@@ -101,6 +101,8 @@ async def measure(args, base: Path, adapters: list[str]) -> None:
                     replies = await asyncio.gather(*(one(*job) for job in jobs))
                 runs[kind] = (replies, time.perf_counter() - start)
             rounds.append((runs["serial"], runs["together"]))
+            print(f"round {k + 1} of {args.rounds}: {runs['serial'][1]:.1f} s one at a time, "
+                  f"{runs['together'][1]:.1f} s concurrent", flush=True)
     finally:
         await client.close()
 
