@@ -299,6 +299,11 @@ def test_stacked_lora_equals_peft_mixed_forward_over_ranks_targets_scalings_and_
         plain = peft.base_model.model(input_ids=ids).logits  # the layers' own forward is back
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    with torch.inference_mode():  # q/v only: the other layers run plain, whichever adapter PEFT has active
+        qv_expected = peft(input_ids=ids[:2], adapter_names=["__base__", "qv_rslora"]).logits
+        with Stacks.build(peft, ["qv_rslora"]).rows([None, "qv_rslora"], ids.device):
+            qv_got = peft.base_model.model(input_ids=ids[:2]).logits
+    torch.testing.assert_close(qv_got, qv_expected, rtol=1e-4, atol=1e-5)
     assert torch.equal(plain, peft(input_ids=ids).logits)
     distinct = [expected[k] for k in range(4)]  # the base and each adapter: all different
     assert all(not torch.allclose(a, b, atol=1e-3) for i, a in enumerate(distinct) for b in distinct[i + 1:])

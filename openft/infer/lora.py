@@ -34,7 +34,9 @@ class Stacks:
         self.names = tuple(names)
         self._slot = {name: k + 1 for k, name in enumerate(self.names)}  # 0: no adapter
         self._forwards = [(layer, _gathered(layer.base_layer, a, b, self)) for layer, a, b in layers]
-        self._forwards += [(layer, layer.base_layer) for layer in plain]  # no adapter of the batch covers it
+        # No adapter of the batch covers these: the wrapped layer alone (its bound call, not the module itself, which
+        # setting as an attribute would register as a submodule instead of shadowing ``forward``).
+        self._forwards += [(layer, layer.base_layer.__call__) for layer in plain]
         self.slots: torch.Tensor | None = None  # [rows]: each row's slot, during ``rows``
 
     @classmethod
