@@ -32,6 +32,7 @@ from openft.errors import InvalidRequest  # noqa: E402
 from openft.export import export_archive, export_model  # noqa: E402
 from openft.infer.client import InferenceClient, InferenceError  # noqa: E402
 from openft.infer.engine import Engine  # noqa: E402
+from openft.infer.lora import Stacks  # noqa: E402
 from openft.infer.text import Answer, finish_events  # noqa: E402
 from openft.infer.text import Choice as _Choice  # noqa: E402
 from openft.infer.text import Detokenizer as _Detokenizer  # noqa: E402
@@ -61,14 +62,20 @@ def models(tmp_path_factory) -> dict[str, Path]:
     model.save_pretrained(root / "base")
     AutoTokenizer.from_pretrained(tiny).save_pretrained(root / "base")
     paths = {"tiny": tiny, "base": root / "base"}
-    for seed in (1, 2, 3, 4):
+    configs = {f"adapter{seed}": {} for seed in (1, 2, 3, 4)}
+    configs.update({  # others than the trainer writes, for mixed batches of different shapes
+        "rank2": {"r": 2, "lora_alpha": 16},
+        "qv_rslora": {"r": 8, "lora_alpha": 4, "use_rslora": True, "target_modules": ["q_proj", "v_proj"]},
+        "embedding": {"target_modules": ["embed_tokens", "v_proj"]}, "dora": {"use_dora": True}})
+    for seed, (name, config) in enumerate(configs.items(), start=1):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), LoraConfig(
-                r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))  # B random, not zero
-        paths[f"adapter{seed}"] = root / f"adapter{seed}"
-        peft_model.save_pretrained(paths[f"adapter{seed}"])
-        AutoTokenizer.from_pretrained(tiny).save_pretrained(paths[f"adapter{seed}"])  # as the trainer does
+            peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(root / "base"), LoraConfig(**{
+                "r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False,  # B not zero
+                **config}))
+        paths[name] = root / name
+        peft_model.save_pretrained(paths[name])
+        AutoTokenizer.from_pretrained(tiny).save_pretrained(paths[name])  # as the trainer does
     MODELS.update(paths)
     return paths
 
@@ -273,6 +280,55 @@ def test_a_request_arriving_mid_decode_joins_the_batch_and_finishes_before_the_l
 
 def chat_alone(engine, adapter, request):
     return engine.chat(str(MODELS["base"]), adapter and str(MODELS[adapter]), request)
+
+
+def test_stacked_lora_equals_peft_mixed_forward_over_ranks_targets_scalings_and_the_base(models):
+    names = ["adapter1", "rank2", "qv_rslora"]  # ranks 4, 2, 8; all-linear or q/v only; alpha/r and alpha/sqrt(r)
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(models["base"]), models[names[0]],
+                                     adapter_name=names[0])
+    for name in names[1:]:
+        peft.load_adapter(models[name], adapter_name=name)
+    peft.eval()
+    rows = [None, "adapter1", "rank2", "qv_rslora", "rank2", None]
+    ids = torch.randint(3, 500, (len(rows), 7), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = peft(input_ids=ids, adapter_names=[a or "__base__" for a in rows]).logits
+        stacks = Stacks.build(peft, names)
+        with stacks.rows(rows, ids.device):
+            got = peft.base_model.model(input_ids=ids).logits
+        plain = peft.base_model.model(input_ids=ids).logits  # the layers' own forward is back
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    with torch.inference_mode():  # q/v only: the other layers run plain, whichever adapter PEFT has active
+        qv_expected = peft(input_ids=ids[:2], adapter_names=["__base__", "qv_rslora"]).logits
+        with Stacks.build(peft, ["qv_rslora"]).rows([None, "qv_rslora"], ids.device):
+            qv_got = peft.base_model.model(input_ids=ids[:2]).logits
+    torch.testing.assert_close(qv_got, qv_expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(plain, peft(input_ids=ids).logits)
+    distinct = [expected[k] for k in range(4)]  # the base and each adapter: all different
+    assert all(not torch.allclose(a, b, atol=1e-3) for i, a in enumerate(distinct) for b in distinct[i + 1:])
+
+    assert stacks.covers(peft, {"rank2"}) and not stacks.covers(peft, {"adapter2"})
+    peft.load_adapter(models["dora"], adapter_name="dora")
+    assert not stacks.covers(peft, {"rank2"})  # a load (or an eviction) rebuilds
+    assert Stacks.build(peft, ["rank2", "dora"]) is None  # DoRA: not stacked (PEFT cannot mix it in a batch either)
+
+
+def test_mixed_batches_of_other_ranks_and_targets_answer_exactly_as_each_alone(engine, models):
+    base = str(MODELS["base"])  # LoRA on the embeddings cannot be stacked: PEFT's own forward serves that batch
+    for adapters in (["rank2", "qv_rslora", None, "adapter2"], ["embedding", "rank2", None]):
+        jobs = [(adapter, {"messages": QUESTION, "temperature": 0, "max_tokens": 12 + k})
+                for k, adapter in enumerate(adapters)]
+        alone = [chat_alone(engine, adapter, request) for adapter, request in jobs]
+        out = []
+        for k, (adapter, request) in enumerate(jobs):
+            engine.submit(f"mixed{k}", base, adapter and str(MODELS[adapter]), request, out.append)
+        engine.step()
+        batch = next(iter(engine._batches.values()))
+        assert len(batch.rows) == len(jobs) and (batch.stacks is None) == ("embedding" in adapters)
+        while len(out) < len(jobs):
+            engine.step()
+        assert sorted(json.dumps(event["result"]) for event in out) == sorted(json.dumps(a) for a in alone)
 
 
 # ---- tools ---------------------------------------------------------------------------------------------------------

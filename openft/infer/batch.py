@@ -2,8 +2,9 @@
 
 A ``Batch`` holds one row per choice of every running request (a ``Group``: ``n`` rows with their own sampling
 settings, generator and LoRA adapter). Each decode step is one forward pass of the base for all rows, each row
-through its own adapter (PEFT's mixed-adapter batches: ``adapter_names=[…]``, ``"__base__"`` for none; a batch whose
-rows all use one adapter takes the plain forward with it active). A request
+through its own adapter: rows of several adapters go through gathered LoRA matmuls over the adapters' stacked
+weights (``openft.infer.lora``; PEFT's mixed-adapter forward for adapters that cannot be stacked, such as DoRA), and a
+batch whose rows all use one adapter (or none) takes the plain forward with it active. A request
 joins between steps: its prompt is prefilled alone (exactly as if it ran by itself), then its KV cache is merged into
 the batch's by left-padding the shorter of the two; padding is masked out and every row keeps its own position ids,
 so a row computes what it would compute alone (up to the order of floating-point sums in batched kernels, which
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from openft.infer.lora import Stacks
 from openft.infer.text import Choice
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
@@ -58,6 +60,8 @@ class Batch:
         self.mask: torch.Tensor | None = None  # [rows, cache length]: 1 for a real token, 0 for padding
         self.positions: torch.Tensor | None = None  # [rows]: the position id of each row's next token
         self.logits: torch.Tensor | None = None  # [rows, vocab]: what each row's next token is drawn from
+        self.stacks: Stacks | None = None  # the LoRA weights of the rows' adapters, stacked; rebuilt for new ones
+        self.unstackable: set[str] | None = None  # adapters last found to need PEFT's own forward (e.g. DoRA)
 
     @property
     def groups(self) -> list[Group]:
@@ -137,9 +141,9 @@ class Batch:
         self.logits = torch.cat([self.logits, logits])
 
     def _forward(self, ids, mask, positions, cache, adapters: list[str | None]):
-        """One forward pass. Rows of several adapters go through PEFT's mixed-adapter forward; when every row uses
-        the same one (or none), the plain forward with that adapter active does the same sums without the per-layer
-        row bookkeeping, as fast as a request served alone."""
+        """One forward pass. Rows of several adapters go through the adapters' stacked weights (or, where they cannot
+        be stacked, PEFT's mixed-adapter forward); when every row uses the same one (or none), the plain forward with
+        that adapter active does the same sums, as fast as a request served alone."""
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "cache": cache,
                   "use_cache": True, "logits_to_keep": 1}
         peft = self.base.peft
@@ -147,7 +151,11 @@ class Batch:
             return self.base.model(**inputs)
         distinct = set(adapters)
         if len(distinct) > 1:
-            return peft(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+            stacks = self._stacks(peft, distinct - {None})
+            if stacks is None:
+                return peft(**inputs, adapter_names=[a or BASE_ADAPTER for a in adapters])
+            with stacks.rows(adapters, ids.device):
+                return self.base.model(**inputs)
         only = distinct.pop()
         if only is None:
             with peft.disable_adapter():
@@ -155,6 +163,17 @@ class Batch:
         if peft.active_adapter != only:
             peft.set_adapter(only)
         return self.base.model(**inputs)
+
+    def _stacks(self, peft, names: set[str]) -> Stacks | None:
+        """Stacks covering ``names``: the current ones, else new ones for exactly ``names`` (built when a request of
+        a new adapter joins; an adapter whose rows left stays until then). None: PEFT's forward is needed."""
+        if self.stacks is not None and self.stacks.covers(peft, names):
+            return self.stacks
+        if names == self.unstackable:
+            return None
+        self.stacks = Stacks.build(peft, sorted(names))
+        self.unstackable = names if self.stacks is None else None
+        return self.stacks
 
     def _device(self) -> torch.device:
         return next(self.base.model.parameters()).device
