@@ -137,12 +137,12 @@ def report(backend: str, results: dict[str, list[dict]], clients: int) -> None:
 
     anchor = med(next(iter(results.values())), "rps")[0]
     print(f"\n{backend}, {clients} concurrent clients, a job training beside it:")
-    print(f"{'route':18}{'requests/s (min–max)':>22}{'p50 ms':>9}{'p99 ms (min–max)':>22}{'of anchor':>11}"
+    print(f"{'route':18}{'requests/s (min–max)':>22}{'p50 ms':>9}{'p99 ms (min–max)':>24}{'of anchor':>11}"
           f"{'server CPU ms/request':>23}")
     for name, rows in results.items():
         rps, p50, p99, cpu = med(rows, "rps"), med(rows, "p50"), med(rows, "p99"), med(rows, "cpu_ms")
         print(f"{name:18}{f'{rps[0]:.0f} ({rps[1]:.0f}–{rps[2]:.0f})':>22}{p50[0]:>9.1f}"
-              f"{f'{p99[0]:.1f} ({p99[1]:.1f}–{p99[2]:.1f})':>22}{rps[0] / anchor:>11.2f}{cpu[0]:>23.2f}")
+              f"{f'{p99[0]:.1f} ({p99[1]:.1f}–{p99[2]:.1f})':>24}{rps[0] / anchor:>11.2f}{cpu[0]:>23.2f}")
 
 
 def main() -> None:

@@ -116,9 +116,12 @@ def main() -> None:
         for n in sorted(args.sizes):
             path = work / f"train-{n}.jsonl"
             write_file(path, n)
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), str(model)], check=True,
+            out = subprocess.run([sys.executable, __file__, "--child", str(path), str(model)],
                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if out.returncode != 0:
+                raise SystemExit(f"{n} examples failed:\n{out.stderr[-3000:]}")
             results[n] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{n}: {results[n]}", flush=True)
             path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
