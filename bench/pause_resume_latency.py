@@ -66,7 +66,8 @@ def wait_record(job_dir: Path, kind: str, after: float, timeout: float = 1800) -
 
 def model_load_seconds(base: Path) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", LOAD, str(base)], env=env, check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", LOAD, str(base)], env=env, check=True, capture_output=True, text=True,
+                         start_new_session=True)  # as the executor starts an attempt (its own scheduling group)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

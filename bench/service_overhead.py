@@ -47,9 +47,11 @@ def bare_trainer(template: Path, work: Path) -> float:
     shutil.copy(spec["training_file"], work / "training_file.jsonl")
     spec.update(training_file=str(work / "training_file.jsonl"), resume_from=None, attempt=1)
     (work / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}  # as the local executor starts it
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "openft.train", str(work)], env=env, check=True,
+    # In its own session, as the local executor starts an attempt: with the kernel's autogroup scheduling a new
+    # session is a scheduling group of its own, so on a busy machine this matters as much as the service does.
+    subprocess.run([sys.executable, "-m", "openft.train", str(work)], env=env, check=True, start_new_session=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     result = json.loads((work / "result.json").read_text())
