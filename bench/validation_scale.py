@@ -83,15 +83,19 @@ def child(file: Path, model: Path) -> dict:
         out["validate_s"] = time.perf_counter() - start
         out["validate_peak_mib"] = (_memory_kib("VmHWM") - rss) / 1024
         assert report.error is None, report.error
+        out["bytes"] = size
         _reset_peak()
         rss, start = _memory_kib("VmRSS"), time.perf_counter()
-        plan = dryrun.plan(svc.store, svc.blobs, settings, who,
-                           p.CreateJobRequest(model="base", training_file=file_id, dry_run=True))
+        try:
+            plan = dryrun.plan(svc.store, svc.blobs, settings, who,
+                               p.CreateJobRequest(model="base", training_file=file_id, dry_run=True))
+        except Exception as e:  # e.g. the counting child's timeout on a very busy machine: say so, keep the rest
+            out["dry_run_error"] = f"{type(e).__name__} after {time.perf_counter() - start:.0f} s: {e}"[:300]
+            return out
         out["dry_run_s"] = time.perf_counter() - start
         out["dry_run_peak_mib"] = (_memory_kib("VmHWM") - rss) / 1024
         out["count_child_peak_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         out["n_examples"], out["n_tokens"] = plan.training_file.n_examples, plan.training_file.n_tokens
-        out["bytes"] = size
         return out
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -128,10 +132,19 @@ def main() -> None:
     print(f"{'examples':>9}{'MB':>7}{'tokens':>12}{'validate s':>12}{'peak MiB':>10}{'dry run s':>11}{'peak MiB':>10}"
           f"{'counting child peak MiB':>25}")
     for n, r in results.items():
+        if "dry_run_error" in r:
+            print(f"{n:>9}{r['bytes'] / 1e6:>7.1f}{'':>12}{r['validate_s']:>12.1f}{r['validate_peak_mib']:>10.1f}"
+                  f"  dry run failed: {r['dry_run_error']}")
+            continue
         print(f"{n:>9}{r['bytes'] / 1e6:>7.1f}{r['n_tokens']:>12}{r['validate_s']:>12.1f}{r['validate_peak_mib']:>10.1f}"
               f"{r['dry_run_s']:>11.1f}{r['dry_run_peak_mib']:>10.1f}{r['count_child_peak_mib']:>25.0f}")
     if len(results) > 1:
         small, large = results[min(results)], results[max(results)]
+        if "dry_run_error" in small or "dry_run_error" in large:
+            scale = max(results) / min(results)
+            print(f"largest/smallest: validate time per example {large['validate_s'] / small['validate_s'] / scale:.2f}, "
+                  f"peak memory {large['validate_peak_mib'] / max(small['validate_peak_mib'], 1):.2f}")
+            return
         scale = max(results) / min(results)
         print(f"largest/smallest ({scale:.0f}× the examples): time per example, validate "
               f"{large['validate_s'] / small['validate_s'] / scale:.2f}, dry run {large['dry_run_s'] / small['dry_run_s'] / scale:.2f}; "
