@@ -58,7 +58,7 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux)
 
 
-def child(file: Path, model: Path) -> dict:
+def child(file: Path, model: Path, dry_run: bool = True) -> dict:
     """In a fresh process: store the file as an upload, then time and measure validation and a dry run."""
     from openft import dryrun, files
     from openft import protocol as p
@@ -84,6 +84,9 @@ def child(file: Path, model: Path) -> dict:
         out["validate_peak_mib"] = (_memory_kib("VmHWM") - rss) / 1024
         assert report.error is None, report.error
         out["bytes"] = size
+        if not dry_run:
+            out["dry_run_error"] = "not run (--validate-only)"
+            return out
         _reset_peak()
         rss, start = _memory_kib("VmRSS"), time.perf_counter()
         try:
@@ -105,10 +108,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000])
     parser.add_argument("--model", help="a Hugging Face model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--validate-only", action="store_true", help="the job validation only, no dry run")
     parser.add_argument("--child", nargs=2, metavar=("FILE", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]))))
+        print(json.dumps(child(Path(args.child[0]), Path(args.child[1]), not args.validate_only)))
         return
     from bench.serving import model_folder
 
@@ -120,7 +124,8 @@ def main() -> None:
         for n in sorted(args.sizes):
             path = work / f"train-{n}.jsonl"
             write_file(path, n)
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), str(model)],
+            flags = ["--validate-only"] if args.validate_only else []
+            out = subprocess.run([sys.executable, __file__, "--child", str(path), str(model), *flags],
                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             if out.returncode != 0:
                 raise SystemExit(f"{n} examples failed:\n{out.stderr[-3000:]}")
