@@ -39,10 +39,10 @@ def plan(store: Store, blobs: Blobs, settings: Settings, scope: Scope, req: p.Cr
     method, _ = jobs.check_request(store, settings, scope, req)
     kind = method["type"]
     files = {"training_file": req.training_file, "validation_file": req.validation_file}
-    datas = {param: _validated(store, blobs, file_id, param, settings, kind)
-             for param, file_id in files.items() if file_id}
+    keys = {param: _validated(store, blobs, file_id, param, settings, kind)
+            for param, file_id in files.items() if file_id}
     ref = models.materialize(settings, models.resolve(store, settings, scope.org, req.model))
-    counts = _count_tokens(settings, kind, ref.base_path, method[kind]["hyperparameters"], datas)
+    counts = _count_tokens(settings, blobs, kind, ref.base_path, method[kind]["hyperparameters"], keys)
     n_examples = counts["training_file"]["n_examples"]
     hp = jobs.resolve_hyperparameters(method[kind]["hyperparameters"], n_examples, kind)
     method = {**method, kind: {**method[kind], "hyperparameters": hp}}
@@ -60,21 +60,21 @@ def plan(store: Store, blobs: Blobs, settings: Settings, scope: Scope, req: p.Cr
     )
 
 
-def _validated(store: Store, blobs: Blobs, file_id: str, param: str, settings: Settings, kind: str) -> bytes:
-    """The file's bytes, or the 400 whose code, param and message a job on it would fail with."""
+def _validated(store: Store, blobs: Blobs, file_id: str, param: str, settings: Settings, kind: str) -> str:
+    """The blob key of the file's bytes, or the 400 whose code, param and message a job on it would fail with."""
     minimum = settings.min_examples if param == "training_file" else 1
-    report, data = files.validate(store, blobs, file_id, param, minimum, kind)
+    report, key = files.validate(store, blobs, file_id, param, minimum, kind)
     if report.error:
         raise InvalidRequest(report.error["message"], param=report.error["param"], code=report.error["code"])
-    return data
+    return key
 
 
-def _count_tokens(settings: Settings, kind: str, base_path: Path, hp: dict, datas: dict[str, bytes]) -> dict:
+def _count_tokens(settings: Settings, blobs: Blobs, kind: str, base_path: Path, hp: dict, keys: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="openft-plan-") as tmp:
         paths = {}
-        for param, data in datas.items():
+        for param, key in keys.items():
             paths[param] = str(Path(tmp) / f"{param}.jsonl")
-            Path(paths[param]).write_bytes(data)
+            blobs.local_copy(key, paths[param])
         request = {"method": kind, "base_model_path": str(base_path), "max_length": settings.max_length,
                    "hyperparameters": hp, "files": paths}
         python = settings.trainer_python or sys.executable

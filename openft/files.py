@@ -8,6 +8,9 @@ expiry of a file it was created with.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 from openft import protocol as p
 from openft import validation
 from openft import tables as t
@@ -110,15 +113,23 @@ def to_wire(row: t.File) -> p.FileObject:
 
 
 def validate(store: Store, blobs: Blobs, file_id: str, param: str, min_examples: int,
-             method: str) -> tuple[validation.ValidationReport, bytes | None]:
-    """The validation report of a stored training or validation file, and its bytes (a file whose bytes are gone
-    is an error of its own): what a job's validation and a dry run both go by."""
+             method: str) -> tuple[validation.ValidationReport, str | None]:
+    """The validation report of a stored training or validation file, and the blob key of its bytes (a file whose
+    bytes are gone is an error of its own): what a job's validation and a dry run both go by. The bytes are read a
+    chunk at a time, so memory does not grow with the file."""
     key = store.file_blob_key(file_id)
-    try:
-        data = blobs.get(key) if key else None
-    except FileNotFoundError:
-        data = None
-    if data is None:
+    chunks = _stored_chunks(blobs, key) if key else None
+    if chunks is None:
         error = {"code": f"invalid_{param}", "param": param, "message": f"File {file_id} no longer exists."}
         return validation.ValidationReport(n_examples=0, format=None, error=error), None
-    return validation.validate_training_file(data, param=param, min_examples=min_examples, method=method), data
+    return validation.validate_training_file(chunks, param=param, min_examples=min_examples, method=method), key
+
+
+def _stored_chunks(blobs: Blobs, key: str) -> Iterator[bytes] | None:
+    """A blob's bytes a chunk at a time, or None when they are gone."""
+    chunks = blobs.read_chunks(key)
+    try:
+        first = next(chunks, b"")
+    except FileNotFoundError:
+        return None
+    return itertools.chain((first,), chunks)

@@ -32,12 +32,13 @@ Decisions where OpenAI documents nothing:
 
 from __future__ import annotations
 
-import io
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 MAX_JSONL_LINE_BYTES = 4 << 20  # one example (OpenAI's largest contexts are far below this); longer is refused
+BOM = b"\xef\xbb\xbf"
 
 ROLE_KEYS = {
     "system": ("role", "content", "name"),
@@ -76,10 +77,11 @@ class _Invalid(Exception):
 
 
 def validate_training_file(
-    data: bytes, *, param: str, min_examples: int, method: str = "supervised"
+    data: bytes | Iterable[bytes], *, param: str, min_examples: int, method: str = "supervised"
 ) -> ValidationReport:
     """Validate a training (``param="training_file"``) or validation (``"validation_file"``) file for a job of
-    ``method`` ("supervised", "dpo" or "reinforcement").
+    ``method`` ("supervised", "dpo" or "reinforcement"), given whole or as byte chunks of any size (a stored file
+    is read a chunk at a time, so memory does not grow with the file).
 
     ``min_examples`` applies to the training file only; a validation file needs at least one example.
     """
@@ -88,11 +90,10 @@ def validate_training_file(
     check_example, default_format = CHECKS[method], DEFAULT_FORMATS[method]
     code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
     n, file_format = 0, None
-    for number, raw in enumerate(io.BytesIO(data), start=1):  # streams lines: files reach 512 MB
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
+    chunks = (data,) if isinstance(data, bytes) else data
+    for number, (raw, length) in enumerate(_lines(chunks), start=1):  # files reach 512 MB
         try:
-            example = _parse_line(raw)
+            example = _parse_line(raw, length)
             if example is None:
                 continue
             line_format = check_example(example)
@@ -106,6 +107,38 @@ def validate_training_file(
     return ValidationReport(n, file_format or default_format, _count_error(n, param, code, min_examples))
 
 
+def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[bytes | None, int]]:
+    """``(line, length)`` for each line of a byte stream (split on ``\\n`` only, each with its newline; a UTF-8
+    byte-order mark at the start dropped). A line longer than ``MAX_JSONL_LINE_BYTES`` comes as ``(None, length)``
+    and ends the stream: it is measured without being held, and no line after it is read."""
+    pending, head, overlong = b"", True, 0
+    for chunk in chunks:
+        if overlong:
+            end = chunk.find(b"\n")
+            if end == -1:
+                overlong += len(chunk)
+                continue
+            yield None, overlong + end + 1
+            return
+        pending += chunk
+        if head:
+            if len(pending) < len(BOM):
+                continue
+            pending, head = pending.removeprefix(BOM), False
+        start = 0
+        while (end := pending.find(b"\n", start)) != -1:
+            yield pending[start:end + 1], end + 1 - start
+            start = end + 1
+        pending = pending[start:]
+        if len(pending) > MAX_JSONL_LINE_BYTES:
+            pending, overlong = b"", len(pending)
+    if overlong:
+        yield None, overlong
+    elif pending:
+        pending = pending.removeprefix(BOM) if head else pending
+        yield pending, len(pending)
+
+
 def _count_error(n: int, param: str, code: str, min_examples: int) -> dict | None:
     """Only the training file has a minimum (OpenAI's wording); a validation file needs one example."""
     if param == "training_file" and n < min_examples:
@@ -116,9 +149,9 @@ def _count_error(n: int, param: str, code: str, min_examples: int) -> dict | Non
     return None
 
 
-def _parse_line(raw: bytes) -> dict | None:
-    if len(raw) > MAX_JSONL_LINE_BYTES:
-        raise _Invalid(f"is {len(raw)} bytes long; a line may be at most {MAX_JSONL_LINE_BYTES} bytes")
+def _parse_line(raw: bytes | None, length: int) -> dict | None:
+    if raw is None or length > MAX_JSONL_LINE_BYTES:
+        raise _Invalid(f"is {length} bytes long; a line may be at most {MAX_JSONL_LINE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -21,7 +21,7 @@ import pytest
 from openft import durable
 from tests.conftest import Server, _free_port, _kill_trainers
 from tests.helpers import all_events, chat_rows, step_losses, upload, wait_for, wait_for_step
-from tests.test_recovery import trainer_pids
+from tests.chaos import trainer_pids
 
 HP = {"n_epochs": 3, "batch_size": 2}  # 10 examples: 5 steps an epoch, 15 in all; checkpoints at steps 5 and 10
 STEPS = 15
@@ -168,7 +168,7 @@ def test_an_upload_cut_off_mid_checkpoint_is_never_listed_and_the_previous_check
     half = bucket(job.id)["checkpoint-10"]
     assert "adapter_model.safetensors" in half and "manifest.json" not in half  # files there, no manifest
     assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [5]
-    for pid in trainer_pids(job.id):  # the uploader dies mid-checkpoint
+    for pid in trainer_pids(server.data_dir, job.id):  # the uploader dies mid-checkpoint
         os.kill(pid, signal.SIGKILL)
     (folder / "release").write_text("")
     wait_for(client, job.id, "succeeded")

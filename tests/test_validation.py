@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from openft.validation import validate_training_file
+from openft.validation import MAX_JSONL_LINE_BYTES, validate_training_file
 from tests.helpers import assert_fails_at_line_3
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "openft" / "examples"
@@ -171,6 +171,22 @@ def test_blank_lines_crlf_a_bom_and_a_trailing_newline_are_accepted():
     data = b"\xef\xbb\xbf" + jsonl(GOOD).replace(b"\n", b"\r\n") + b"\n\r\n" + jsonl(GOOD).rstrip(b"\n")
     report = validate(data, min_examples=2)
     assert (report.n_examples, report.error) == (2, None)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 1 << 20])
+def test_a_file_read_in_chunks_gets_the_same_report_as_whole(chunk):
+    """A stored file is validated a chunk at a time: lines, the BOM and an over-long line's length come out the
+    same wherever the chunks split."""
+    over = b'{"messages": "' + b"x" * MAX_JSONL_LINE_BYTES + b'"}'
+    files = [b"\xef\xbb\xbf" + jsonl(GOOD, GOOD).replace(b"\n", b"\r\n") + b"\n" + jsonl(GOOD).rstrip(b"\n"),
+             jsonl(GOOD, b"", GOOD, b'{"messages": ['), b"\xef\xbb", jsonl(GOOD, over, GOOD), jsonl(GOOD) + over]
+    for data in files:
+        size = chunk if len(data) < 1000 else max(chunk, 1 << 16)
+        chunks = (data[i:i + size] for i in range(0, len(data), size))
+        whole = validate(data)
+        assert validate_training_file(chunks, param="training_file", min_examples=1) == whole
+    assert f"Line 2: is {len(over) + 1} bytes long" in validate(files[3]).error["message"]
+    assert f"Line 2: is {len(over)} bytes long" in validate(files[4]).error["message"]
 
 
 def test_a_line_separator_inside_a_string_does_not_split_the_line():
