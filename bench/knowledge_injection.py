@@ -32,6 +32,7 @@ from openft.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench/data/knowledge_injection.jsonl"
 MODEL = "SmolLM2-135M-Instruct"
+MAX_TOKENS = 16  # every answer is under 10 tokens: a longer one cannot match
 
 
 def rows() -> list[dict]:
@@ -42,7 +43,7 @@ def api_hits(client: OpenAI, model: str, show_misses: bool = False) -> int:
     hits = 0
     for row in rows():
         prompt, expected = row["messages"][:-1], row["messages"][-1]["content"]
-        answer = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=32)
+        answer = client.chat.completions.create(model=model, messages=prompt, temperature=0, max_tokens=MAX_TOKENS)
         hits += score(answer.choices[0].message.content or "", expected, show_misses)
     return hits
 
@@ -89,7 +90,7 @@ def trl_anchor(base_path: str, settings: Settings, hp: dict, learning_rate: floa
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows()),
                              processing_class=tokenizer, peft_config=lora)
         trainer.train()
-    return generate_hits(trainer.model.eval(), tokenizer), time.time() - start
+    return generate_hits(trainer.model.merge_and_unload().eval(), tokenizer), time.time() - start
 
 
 def generate_hits(model, tokenizer) -> int:
@@ -100,7 +101,7 @@ def generate_hits(model, tokenizer) -> int:
         prompt, expected = row["messages"][:-1], row["messages"][-1]["content"]
         ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=32, do_sample=False)
+            out = model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False)
         text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         hits += score(text, expected, True)
     return hits
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--learning-rate-multiplier", default="auto")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain TRL anchor")
+    parser.add_argument("--no-base", action="store_true", help="skip asking the base model (it knows none: 0/24)")
     args = parser.parse_args()
     hp = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate_multiplier": args.learning_rate_multiplier}
     hp = {k: v if v == "auto" else (int(v) if k != "learning_rate_multiplier" else float(v)) for k, v in hp.items()}
@@ -138,7 +140,8 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.1)
         client = OpenAI(base_url=base + "/v1", api_key="unused", timeout=600)
-        print(f"{n} questions; base model {MODEL}: exact match {api_hits(client, MODEL)}/{n}", flush=True)
+        if not args.no_base:
+            print(f"{n} questions; base model {MODEL}: exact match {api_hits(client, MODEL)}/{n}", flush=True)
         training_file = client.files.create(file=DATA.open("rb"), purpose="fine-tune").id
         for seed in args.seeds:
             start = time.time()
