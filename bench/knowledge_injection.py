@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--no-anchor", action="store_true", help="skip the plain TRL anchor")
     parser.add_argument("--no-base", action="store_true", help="skip asking the base model (it knows none: 0/24)")
     args = parser.parse_args()
-    hp = {"n_epochs": args.epochs, "batch_size": args.batch_size, "learning_rate_multiplier": args.learning_rate_multiplier}
-    hp = {k: v if v == "auto" else (int(v) if k != "learning_rate_multiplier" else float(v)) for k, v in hp.items()}
+    hp = {"n_epochs": _number(args.epochs, int), "batch_size": _number(args.batch_size, int),
+          "learning_rate_multiplier": _number(args.learning_rate_multiplier, float)}
 
     data = Path(args.data_dir)
     env = {**os.environ, "OPENFT_DATA_DIR": str(data), "OPENFT_PORT": str(args.port)}
@@ -168,6 +168,10 @@ def main() -> None:
         if scores:
             print(f"{name}: exact match per seed {scores}, median {scores[len(scores) // 2]}/{n} "
                   f"({100 * scores[len(scores) // 2] / n:.0f} %)")
+
+
+def _number(value: str, kind: type) -> str | int | float:
+    return value if value == "auto" else kind(value)
 
 
 if __name__ == "__main__":
