@@ -1,7 +1,7 @@
 """Does "auto" teach? Exact match on 24 made-up facts after fine-tuning SmolLM2-135M-Instruct on them.
 
     .venv/bin/python bench/knowledge_injection.py [--epochs 6] [--batch-size auto] [--learning-rate-multiplier auto]
-        [--seeds 42 7] [--no-anchor] [--data-dir /tmp/openft-bench-knowledge]
+        [--seeds 42 7] [--no-anchor] [--no-base] [--data-dir /tmp/openft-bench-knowledge]
 
 Starts its own server (SmolLM2-135M-Instruct, prepared once into the data directory). The task is
 bench/data/knowledge_injection.jsonl: 24 short questions, each answered by a made-up fact no base model knows
@@ -32,7 +32,7 @@ from openft.config import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "bench/data/knowledge_injection.jsonl"
 MODEL = "SmolLM2-135M-Instruct"
-MAX_TOKENS = 16  # every answer is under 10 tokens: a longer one cannot match
+MAX_TOKENS = 16  # every answer is at most 7 tokens: a longer one cannot match
 
 
 def rows() -> list[dict]:
