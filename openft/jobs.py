@@ -58,9 +58,9 @@ USER_ACTIONS = ("pause", "resume", "cancel")
 # The learning rate is this × Settings.base_learning_rate (5e-4: 1e-3 for LoRA SFT and DPO). LoRA trains at about
 # ten times a full fine-tune's rate (1e-4..2e-4 is usual on large data); small files get few steps (batch size 1,
 # below), and 1e-3 memorises them: bench/knowledge_injection.py (24 made-up facts, n_epochs 6, the rest auto) reaches
-# 24/24 exact match on the trained questions (seeds 42 and 7; 2e-3 also 24/24). Reinforcement gets a quarter of it:
-# at 1e-3, GRPO on SmolLM2-135M raised the sampled reward while its greedy answers got worse; at 2.5e-4 the sampled
-# reward rose and greedy answers held (bench/rft_reward.py).
+# 24/24 exact match on the trained questions (seeds 42 and 7; 2e-3 also 24/24, 5e-4 only 19/24). Reinforcement gets
+# a quarter of it: at 1e-3, GRPO on SmolLM2-135M raised the sampled reward while its greedy answers got worse; at
+# 2.5e-4 the sampled reward rose and greedy answers held (bench/rft_reward.py).
 AUTO_LR_MULTIPLIER = {"supervised": 2.0, "dpo": 2.0, "reinforcement": 0.5}
 AUTO_BETA = 0.1  # DPO's beta when "auto" (TRL's default and OpenAI's examples)
 AUTO_COMPUTE_MULTIPLIER = 1.0
