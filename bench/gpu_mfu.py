@@ -66,7 +66,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from openft.train.data import tokenize_row
-    from openft.train.plan import n_parameters
+    from openft.modelcard import parameter_count as n_parameters
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from its name)")

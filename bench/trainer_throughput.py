@@ -180,9 +180,9 @@ def steady_tokens_per_second(run: dict) -> float:
 
 
 def n_parameters(model: Path) -> int:
-    from openft.train.plan import n_parameters as count
+    from openft.modelcard import parameter_count
 
-    return count(model)
+    return parameter_count(model) or 0
 
 
 def spread(values: list[float]) -> str:

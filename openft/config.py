@@ -128,7 +128,7 @@ class Settings(BaseSettings):
                              "head's GCS, or `ray://HOST:10001`.")
     ray_num_cpus: float = Field(1, ge=0, description="CPUs each training attempt asks Ray for.")
     ray_num_gpus: float = Field(0, ge=0, description="GPUs each training attempt asks Ray for.")
-    ray_memory_bytes: int | None = Field(None, ge=1, description="Memory each training attempt asks Ray for.")
+    ray_memory_bytes: int | None = Field(None, ge=1, description="Memory each training attempt asks Ray for (unset: derived from the job, its weights and the runtime).")
     ray_resources: str = Field("{}", description='Custom Ray resources each attempt asks for, as JSON, e.g. '
                                '{"a100": 1} to run only on nodes started with --resources \'{"a100": 4}\'.')
     ray_placement_timeout: float = Field(

@@ -212,3 +212,15 @@ def test_killing_the_node_running_an_attempt_finishes_the_job_on_the_other_node_
     resumed = re.search(r"resuming from the checkpoint at step (\d+)", recovered[0])
     assert resumed and int(resumed.group(1)) in (12, 24, 36, 48, 60)
     assert _results_csv(client, job.id) == _results_csv(client, control.id)
+
+
+def test_an_attempt_asks_ray_for_the_memory_of_the_weights_it_trains(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from openft.executors.ray import RUNTIME_BYTES, attempt_memory
+
+    parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model).parameters())  # tied once
+    lora = {"base_model_path": str(tiny_model), "lora": {"r": 8, "alpha": 16, "dropout": 0.05}}
+    assert attempt_memory(lora) == 4 * parameters + RUNTIME_BYTES
+    assert attempt_memory({**lora, "lora": None}) == 16 * parameters + RUNTIME_BYTES  # + gradients, Adam's moments
+    assert attempt_memory({**lora, "base_model_path": str(tiny_model / "missing")}) is None

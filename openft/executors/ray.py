@@ -26,9 +26,10 @@ from pathlib import Path
 import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
-from openft import jobdir
+from openft import jobdir, modelcard
 
 NAMESPACE = "openft"
+RUNTIME_BYTES = 1 << 30  # interpreter, torch and transformers before any weights
 PR_SET_PDEATHSIG = 1
 
 
@@ -68,6 +69,16 @@ class Attempt:
             self.proc.wait()
 
 
+def attempt_memory(spec: dict) -> int | None:
+    """The memory an attempt of ``spec`` (its spec.json) asks Ray for when no setting says: the fp32 weights it
+    holds (× 4 for full fine-tuning: gradients and Adam's two moments) + the runtime. Activations depend on the
+    batches and are not included; None when the base model is not a local folder (its size is unknown here)."""
+    parameters = modelcard.parameter_count(Path(spec.get("base_model_path") or "/nonexistent"))
+    if not parameters:
+        return None
+    return 4 * parameters * (4 if spec.get("lora") is None else 1) + RUNTIME_BYTES
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -86,14 +97,16 @@ class RayExecutor:
                  memory: int | None = None, resources: str = "{}", placement_timeout: float = 300):
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, ignore_reinit_error=True)
         self.python, self.placement_timeout = python or sys.executable, placement_timeout
-        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": json.loads(resources),
-                        **({"memory": memory} if memory else {})}
+        self.memory = memory
+        self.options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "resources": json.loads(resources)}
 
     def start(self, job_dir: Path, attempt: int) -> dict:
         """Ask Ray for the attempt's actor and return at once; Ray starts it when a node has room (until then the
         job shows as running, and after `placement_timeout` the attempt counts as failed)."""
         self._drop(_name(job_dir))  # a previous attempt's actor, if it was never reaped
-        Attempt.options(name=_name(job_dir), lifetime="detached", **self.options).remote(
+        memory = self.memory or attempt_memory(jobdir.read_json(job_dir / jobdir.SPEC) or {})
+        options = {**self.options, **({"memory": memory} if memory else {})}
+        Attempt.options(name=_name(job_dir), lifetime="detached", **options).remote(
             str(job_dir), attempt, self.python)
         log = job_dir / f"attempt-{attempt}.log"
         return {"executor": "ray", "actor": _name(job_dir), "log": str(log), "created": time.time()}

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
-from math import prod
 from pathlib import Path
+
+from openft import modelcard
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -40,17 +40,6 @@ def count(method: str, path: str, tokenizer, max_length: int, spec: dict) -> dic
             "max_example_tokens": max(sizes, default=0)}
 
 
-def n_parameters(folder: Path) -> int:
-    """Parameters of the weights in ``folder``, read from the safetensors headers (8-byte length, then JSON)."""
-    total = 0
-    for file in folder.glob("*.safetensors"):
-        with open(file, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(size))
-        total += sum(prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
-    return total
-
-
 def main() -> int:
     from openft.train import models
 
@@ -59,7 +48,7 @@ def main() -> int:
     out = {name: count(spec["method"], path, tokenizer, spec["max_length"], spec)
            for name, path in spec["files"].items()}
     config = json.loads((Path(spec["base_model_path"]) / "config.json").read_text())
-    out["model"] = {"n_parameters": n_parameters(Path(spec["base_model_path"])),
+    out["model"] = {"n_parameters": modelcard.parameter_count(Path(spec["base_model_path"])) or 0,
                     "hidden_size": config.get("hidden_size"), "num_hidden_layers": config.get("num_hidden_layers"),
                     "vocab_size": config.get("vocab_size"), "intermediate_size": config.get("intermediate_size")}
     print(json.dumps(out))
