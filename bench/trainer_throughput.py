@@ -165,7 +165,7 @@ def trl_child(model: str, train_file: str, out: str) -> None:
             model=model,
             args=SFTConfig(output_dir=output_dir, per_device_train_batch_size=BATCH, num_train_epochs=EPOCHS,
                            learning_rate=LEARNING_RATE, seed=SEED, bf16=False, report_to="none"),
-            train_dataset=Dataset.from_list(read_jsonl(train_file)),
+            train_dataset=Dataset.from_list(list(read_jsonl(train_file))),
             peft_config=LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                                    target_modules="all-linear", task_type="CAUSAL_LM"),
             callbacks=[Clock()],

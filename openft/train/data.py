@@ -36,6 +36,7 @@ Rows have been validated by the service; this module assumes a valid structure.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from openft.chatformat import generation_header, template_renders_tools, to_template_messages
@@ -44,21 +45,35 @@ from openft.chatformat import generation_header, template_renders_tools, to_temp
 IGNORE = -100  # the label of a token the loss skips (the value PyTorch and transformers use)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """The rows of a JSONL file, one at a time."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def tokenize_file(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[dict], int]:
     """Every row of a JSONL file as ``{"input_ids", "labels"}``; also returns how many rows were truncated."""
-    examples, truncated = [], 0
+    return _collect(iter_file(path, tokenizer, max_length))
+
+
+def iter_file(path: str | Path, tokenizer, max_length: int | None) -> Iterator[tuple[dict, bool]]:
+    """``tokenize_file`` one row at a time, each with whether it was truncated (counting holds no rows)."""
     for row in read_jsonl(path):
         example = tokenize_row(row, tokenizer)
         if max_length is not None and len(example["input_ids"]) > max_length:
-            example = {key: ids[:max_length] for key, ids in example.items()}
-            truncated += 1
-        examples.append(example)
-    return examples, truncated
+            yield {key: ids[:max_length] for key, ids in example.items()}, True
+        else:
+            yield example, False
+
+
+def _collect(items: Iterator[tuple[dict, bool]]) -> tuple[list[dict], int]:
+    rows, truncated = [], 0
+    for row, cut in items:
+        rows.append(row)
+        truncated += cut
+    return rows, truncated
 
 
 def tokenize_row(row: dict, tokenizer) -> dict:
@@ -71,16 +86,19 @@ def tokenize_row(row: dict, tokenizer) -> dict:
 def tokenize_preference_file(path: str | Path, tokenizer, max_length: int | None) -> tuple[list[dict], int]:
     """Every preference row of a JSONL file as ``{"prompt_ids", "chosen_ids", "rejected_ids"}``; also returns how
     many pairs were truncated."""
-    pairs, truncated = [], 0
+    return _collect(iter_preference_file(path, tokenizer, max_length))
+
+
+def iter_preference_file(path: str | Path, tokenizer, max_length: int | None) -> Iterator[tuple[dict, bool]]:
+    """``tokenize_preference_file`` one pair at a time, each with whether it was truncated."""
     for row in read_jsonl(path):
         pair = tokenize_preference_row(row, tokenizer)
         prompt, chosen, rejected = pair["prompt_ids"], pair["chosen_ids"], pair["rejected_ids"]
         if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
             room = max(max_length - len(prompt), 0)
-            pair = {"prompt_ids": prompt[:max_length], "chosen_ids": chosen[:room], "rejected_ids": rejected[:room]}
-            truncated += 1
-        pairs.append(pair)
-    return pairs, truncated
+            yield {"prompt_ids": prompt[:max_length], "chosen_ids": chosen[:room], "rejected_ids": rejected[:room]}, True
+        else:
+            yield pair, False
 
 
 def tokenize_preference_row(row: dict, tokenizer) -> dict:
@@ -113,14 +131,15 @@ def render_preference(row: dict, tokenizer) -> tuple[str, str, str]:
 def tokenize_prompt_file(path: str | Path, tokenizer, max_prompt_tokens: int | None) -> tuple[list[dict], int]:
     """Every reinforcement row of a JSONL file as ``{"prompt_ids", "item"}``; prompts longer than
     ``max_prompt_tokens`` keep their last ``max_prompt_tokens`` tokens. Also returns how many were truncated."""
-    prompts, truncated = [], 0
+    return _collect(iter_prompt_file(path, tokenizer, max_prompt_tokens))
+
+
+def iter_prompt_file(path: str | Path, tokenizer, max_prompt_tokens: int | None) -> Iterator[tuple[dict, bool]]:
+    """``tokenize_prompt_file`` one prompt at a time, each with whether it was truncated."""
     for row in read_jsonl(path):
         ids = tokenizer(render_prompt(row, tokenizer), add_special_tokens=False)["input_ids"]
-        if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
-            ids = ids[len(ids) - max_prompt_tokens :]
-            truncated += 1
-        prompts.append({"prompt_ids": ids, "item": grader_item(row)})
-    return prompts, truncated
+        cut = max_prompt_tokens is not None and len(ids) > max_prompt_tokens
+        yield {"prompt_ids": ids[len(ids) - max_prompt_tokens :] if cut else ids, "item": grader_item(row)}, cut
 
 
 def render_prompt(row: dict, tokenizer) -> str:

@@ -25,19 +25,26 @@ def count(method: str, path: str, tokenizer, max_length: int, spec: dict) -> dic
     from openft.train import data
 
     if method == "dpo":
-        pairs, truncated = data.tokenize_preference_file(path, tokenizer, max_length)
-        sizes = [2 * len(p["prompt_ids"]) + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs]
+        rows = data.iter_preference_file(path, tokenizer, max_length)
     elif method == "reinforcement":
         from openft.train.rft import generation_settings
 
         _, completion = generation_settings(spec)
-        prompts, truncated = data.tokenize_prompt_file(path, tokenizer, max_length - completion)
-        sizes = [len(p["prompt_ids"]) for p in prompts]
+        rows = data.iter_prompt_file(path, tokenizer, max_length - completion)
     else:
-        rows, truncated = data.tokenize_file(path, tokenizer, max_length)
-        sizes = [len(r["input_ids"]) for r in rows]
-    return {"n_examples": len(sizes), "n_tokens": sum(sizes), "n_truncated": truncated,
-            "max_example_tokens": max(sizes, default=0)}
+        rows = data.iter_file(path, tokenizer, max_length)
+    n_examples = n_tokens = truncated = longest = 0
+    for row, cut in rows:  # one row at a time: memory does not grow with the file
+        tokens = _tokens(row)
+        n_examples, n_tokens, truncated, longest = n_examples + 1, n_tokens + tokens, truncated + cut, max(longest, tokens)
+    return {"n_examples": n_examples, "n_tokens": n_tokens, "n_truncated": truncated, "max_example_tokens": longest}
+
+
+def _tokens(row: dict) -> int:
+    """A tokenized row's tokens as the trainer counts them (a preference pair: the prompt twice, both completions)."""
+    if "chosen_ids" in row:
+        return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+    return len(row["input_ids"] if "input_ids" in row else row["prompt_ids"])
 
 
 def main() -> int:
