@@ -104,7 +104,7 @@ def test_sft_then_dpo_on_its_fine_tuned_model_which_outlives_the_deleted_parent(
     assert done.fine_tuned_model.startswith("ft:tiny:org-local:dpo:")  # named after the root base model
     assert done.fine_tuned_model in {m.id for m in client.models.list()}
     spec = (server.data_dir / "jobs" / dpo.id / "spec.json").read_text()
-    parent_weights = server.data_dir / "jobs" / sft.id / "checkpoints" / "final"
+    parent_weights = server.data_dir / "blobs" / "jobs" / sft.id / "checkpoints" / "final"  # as published
     assert str(parent_weights) in spec  # trained from its weights
 
     # The parent can be deleted: its name is gone at once, its weights stay while the DPO model needs them.
