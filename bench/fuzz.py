@@ -20,14 +20,12 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import sqlalchemy
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import postgres_database  # noqa: E402
 from tests import fuzzing  # noqa: E402
 from tests.conftest import Server, _kill_trainers  # noqa: E402
 from tests.tinymodel import build_tiny_model  # noqa: E402
@@ -76,16 +74,8 @@ def _database(postgres: str | None, tmp: Path):
     if not postgres:
         yield f"sqlite:///{tmp / 'openft.db'}"
         return
-    name = f"openft_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield postgres.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with postgres_database(postgres) as url:
+        yield url
 
 
 if __name__ == "__main__":
