@@ -84,7 +84,9 @@ def main() -> int:
         server.start()
         try:
             client = server.client(timeout=120)
-            epochs = max(2, -(-args.kills // args.jobs))  # about 6 steps an epoch: room for the kills a job gets
+            # About 6 steps an epoch, two epochs per kill a job gets: a job is disrupted only after it progressed,
+            # and a killed trainer takes seconds to train again, so shorter jobs end before their kills land.
+            epochs = max(2, 2 * -(-args.kills // args.jobs))
             pairs = create_pairs(client, args.jobs, rng, cancel_every=5, epochs=epochs)
             chaos = Chaos(client, server.data_dir, pairs, args.kills, rng, timeout=args.timeout)
             try:

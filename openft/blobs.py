@@ -4,7 +4,9 @@ A blob appears whole or not at all. Object stores publish an object only once it
 bytes go to a temporary name beside the blob (``<key>.partial-<random>``), are fsync'd, and are renamed onto the
 key, so a kill -9, a full disk or an I/O error mid-write never leaves a partial blob under its key. A write that
 fails for want of storage (a full disk, a file size limit, an I/O error) raises ``StorageFull`` (a 507 in OpenAI's
-envelope). The temporary file of a write that was killed is removed by ``sweep_partials``.
+envelope). The temporary file of a write that was killed is removed by ``sweep_partials``; a blob whose database
+row was never written (the service killed between the two) is found by ``entries`` and removed by its owner's sweep
+(``files.sweep_orphans``, ``uploads.sweep_leftovers``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,25 @@ class Blobs:
         if self.fs.exists(self._path(key)):
             self.fs.rm_file(self._path(key))
 
+    def delete_folder(self, key: str) -> None:
+        """Remove a folder of blobs (an upload's parts) and everything under it."""
+        if self.fs.exists(self._path(key)):
+            self.fs.rm(self._path(key), recursive=True)
+
+    def entries(self, folder: str = "") -> list[tuple[str, float | None]]:
+        """(key, last-modified time or None for a folder) of what lies directly under ``folder``."""
+        base = self._path(folder) if folder else self.root
+        if not self.fs.exists(base):
+            return []
+        found = []
+        for entry in self.fs.ls(base, detail=True):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if PARTIAL in name:
+                continue
+            key = f"{folder}/{name}" if folder else name
+            found.append((key, None if entry["type"] == "directory" else _modified(entry)))
+        return found
+
     def local_copy(self, key: str, dest: str) -> None:
         """Copy a blob to a local path (a training attempt reads its data from its job directory)."""
         self.fs.get_file(self._path(key), dest)
@@ -110,6 +131,12 @@ class Blobs:
                         os.unlink(path)
                         removed += 1
         return removed
+
+
+def _modified(entry: dict) -> float:
+    """An fsspec listing entry's modification time (a local file's ``mtime``, an object's ``LastModified``)."""
+    when = entry.get("mtime", entry.get("LastModified", entry.get("last_modified")))
+    return when.timestamp() if hasattr(when, "timestamp") else float(when or 0)
 
 
 def storage_fault(exc: BaseException) -> StorageFull | None:

@@ -9,6 +9,7 @@ expiry of a file it was created with.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
 from openft import protocol as p
@@ -50,6 +51,21 @@ def sweep_expired(store, blobs) -> None:
         if not store.file_in_use(row.id):
             store.delete_file(row.id)
             blobs.delete(row.blob_key)
+
+
+def sweep_orphans(store, blobs, older_than: float = 3600) -> int:
+    """Remove file blobs that no live file row names: a service killed between storing an upload's bytes and
+    writing its row, or between deleting a row and its bytes. Only blobs older than ``older_than`` seconds, so that
+    another replica's upload still under way is left alone. Returns how many were removed."""
+    cutoff = time.time() - older_than
+    stale = [key for key, when in blobs.entries() if key.startswith("file_") and when is not None and when < cutoff]
+    removed = 0
+    for i in range(0, len(stale), 500):
+        batch = stale[i:i + 500]
+        for key in set(batch) - store.live_blob_keys(batch):
+            blobs.delete(key)
+            removed += 1
+    return removed
 
 
 def check_name(filename: str | None, purpose: str, param: str = "file") -> None:

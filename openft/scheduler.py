@@ -55,6 +55,8 @@ class Scheduler:
 
     def start(self) -> None:
         self.blobs.sweep_partials()
+        files.sweep_orphans(self.store, self.blobs)
+        uploads.sweep_leftovers(self.store, self.blobs)
         self._thread = threading.Thread(target=self._run, name="openft-scheduler", daemon=True)
         self._thread.start()
 

@@ -147,6 +147,16 @@ class Store:
                                           t.Job.status.not_in(("succeeded", "failed", "cancelled"))).limit(1)
             return s.scalar(stmt) is not None
 
+    def live_blob_keys(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` belong to a file that is not deleted."""
+        with self.session() as s:
+            stmt = select(t.File.blob_key).where(t.File.blob_key.in_(keys), t.File.deleted.is_(False))
+            return set(s.scalars(stmt))
+
+    def upload_statuses(self, upload_ids: list[str]) -> dict[str, str]:
+        with self.session() as s:
+            return dict(s.execute(select(t.Upload.id, t.Upload.status).where(t.Upload.id.in_(upload_ids))).all())
+
     def file_blob_key(self, file_id: str) -> str | None:
         """The bytes of a file, whoever owns it (the scheduler validates files of every organization)."""
         with self.session() as s:

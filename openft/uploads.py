@@ -102,7 +102,7 @@ def complete(svc: Services, who: Scope, upload_id: str, req: p.CompleteUploadReq
         svc.blobs.delete(file_id)
         raise InvalidRequest(f"Upload {upload_id} is no longer pending.", param="upload_id",
                              code="invalid_upload_status")
-    _remove_parts(svc, parts.values())
+    _remove_parts(svc, upload_id)
     return get(svc, who, upload_id), row
 
 
@@ -117,7 +117,7 @@ def cancel(svc: Services, who: Scope, upload_id: str) -> t.Upload:
     if not svc.store.set_upload_status(upload_id, "pending", "cancelled"):
         raise InvalidRequest(f"Upload {upload_id} is no longer pending.", param="upload_id",
                              code="invalid_upload_status")
-    _remove_parts(svc, svc.store.upload_parts(upload_id))
+    _remove_parts(svc, upload_id)
     return get(svc, who, upload_id)
 
 
@@ -125,13 +125,23 @@ def sweep_expired(store, blobs) -> None:
     """Remove the parts of pending uploads past their hour (called by the scheduler's tick)."""
     for upload in store.expired_uploads():
         if store.set_upload_status(upload.id, "pending", "expired"):
-            for part in store.upload_parts(upload.id):
-                blobs.delete(part.blob_key)
+            blobs.delete_folder(f"uploads/{upload.id}")
 
 
-def _remove_parts(svc: Services, parts: Iterable[t.UploadPart]) -> None:
-    for part in parts:
-        svc.blobs.delete(part.blob_key)
+def sweep_leftovers(store, blobs) -> int:
+    """Remove the part folders of uploads that are no longer pending (the service killed between an upload's end
+    and the removal of its parts). Returns how many folders were removed."""
+    folders = {key.rsplit("/", 1)[-1]: key for key, _ in blobs.entries("uploads")}
+    statuses = store.upload_statuses(list(folders))
+    done = [key for upload_id, key in folders.items() if statuses.get(upload_id, "pending") != "pending"]
+    for key in done:
+        blobs.delete_folder(key)
+    return len(done)
+
+
+def _remove_parts(svc: Services, upload_id: str) -> None:
+    """All of an upload's part blobs, also one whose row was never written (a request cut off mid-part)."""
+    svc.blobs.delete_folder(f"uploads/{upload_id}")
 
 
 def to_wire(row: t.Upload, file: t.File | None = None) -> p.Upload:

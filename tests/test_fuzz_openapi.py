@@ -38,9 +38,11 @@ def test_the_document_names_every_error_in_openai_envelope_and_every_job_status(
     operations = [op for ops in document["paths"].values() for op in ops.values()]
     envelope = {"$ref": "#/components/schemas/ErrorResponse"}
     for op in operations:
-        for status in ("400", "401", "404", "409", "413", "429"):
+        for status in ("400", "401", "404", "409", "413", "429", "507"):
             assert op["responses"][status]["content"]["application/json"]["schema"] == envelope, op["operationId"]
         assert "422" not in op["responses"]  # the service answers an invalid request with a 400, never a 422
+    export = document["paths"]["/v1/models/{model}/export"]["get"]["responses"]["403"]
+    assert export["content"]["application/json"]["schema"] == envelope
     job_status = document["components"]["schemas"]["FineTuningJob"]["properties"]["status"]["enum"]
     assert set(job_status) == set(jobs.STATUSES)  # pausing and paused included
     chat = document["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.chaos import trainer_pids
+from tests.chaos import rerun_steps, trainer_pids
 from tests.helpers import all_events, chat_rows, step_losses, upload, wait_for, wait_for_step
 
 HP = {"n_epochs": 3, "batch_size": 1}  # 24 examples: 24 steps an epoch, 72 in all
@@ -67,6 +67,10 @@ def test_worker_killed_with_sigkill_resumes_from_its_last_checkpoint_and_matches
     recovered = [m for m in messages if "exited without a result" in m]
     assert len(recovered) == 1 and "resuming from the checkpoint at step" in recovered[0]
     assert_same_run(server, client, reference.id, job.id)
+    # The trainer ran the steps after step 24 twice; the API reports each once.
+    assert rerun_steps(server.data_dir, job.id)
+    steps = [e.data["step"] for e in all_events(client, job.id) if e.type == "metrics"]
+    assert steps == list(range(1, STEPS + 1))
 
 
 def test_restarting_the_service_mid_training_loses_nothing_and_the_job_finishes(make_server):

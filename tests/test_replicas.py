@@ -28,10 +28,11 @@ START = jobs.row("queued", "start")
 
 needs_postgres = pytest.mark.skipif("postgres" not in BACKENDS, reason="needs the PostgreSQL test server")
 
-JOBS = int(os.environ.get("OPENFT_TEST_REPLICA_JOBS", "8"))  # the full run: OPENFT_TEST_REPLICA_JOBS=20
+JOBS = int(os.environ.get("OPENFT_TEST_REPLICA_JOBS", "6"))  # the full run: OPENFT_TEST_REPLICA_JOBS=20
 LIMIT = 3
 HP = {"n_epochs": 2, "batch_size": 2}  # 10 examples: 5 steps an epoch, 10 in all
 STEPS = 10
+LONG = 8  # epochs of the first jobs (40 steps): still training when the second replica is up
 
 
 @pytest.fixture
@@ -166,13 +167,13 @@ def _rows(url: str) -> dict[str, t.Job]:
     return rows
 
 
-def _assert_complete_unique_events(client, job_id: str) -> None:
+def _assert_complete_unique_events(client, job_id: str, steps: int) -> None:
     events = all_events(client, job_id)
     assert len({e.id for e in events}) == len(events)
     keys = Counter((e.message, json.dumps(e.data, sort_keys=True)) for e in events)
     assert [k for k, n in keys.items() if n > 1] == []
-    steps = [e.data["step"] for e in events if e.type == "metrics"]
-    assert sorted(steps) == list(range(1, STEPS + 1))
+    reported = [e.data["step"] for e in events if e.type == "metrics"]
+    assert sorted(reported) == list(range(1, steps + 1))
     messages = [e.message for e in events]
     for once in ("Files validated, moving job to queued state", "Fine-tuning job started",
                  "The job has successfully completed"):
@@ -188,15 +189,15 @@ def test_jobs_created_through_two_replicas_all_succeed_once_when_one_replica_is_
     replicas = [Server(data_dir, pg_url, {"tiny": str(tiny_model)}, max_concurrent_jobs=LIMIT,
                        lease_seconds=4, replica_id=f"replica-{i}") for i in range(2)]
     try:
-        for r in replicas:
-            r.start()
+        # replica-0 comes up first and takes the first jobs, so that killing it surely strands running attempts
+        # (with both up from the start, whichever replica ticks first may drive every job: each claims the slots
+        # its own finished jobs free).
+        replicas[0].start()
+        jobs = [_create(replicas[0].client(), i, LONG) for i in range(LIMIT)]
+        _wait_until_replica_0_drives_a_running_job(pg_url, replicas[0].client())
+        replicas[1].start()
         clients = [r.client() for r in replicas]
-        jobs = []
-        for i in range(JOBS):
-            client = clients[i % 2]
-            train = upload(client, chat_rows(10, offset=i))
-            jobs.append(client.fine_tuning.jobs.create(model="tiny", training_file=train, seed=7, hyperparameters=HP))
-
+        jobs += [_create(clients[i % 2], i) for i in range(LIMIT, JOBS)]
         survivor = clients[1]
         most_running, stranded = _wait_until_replica_0_drives_a_running_job(pg_url, survivor)
         replicas[0].stop(signal.SIGKILL)
@@ -210,11 +211,17 @@ def test_jobs_created_through_two_replicas_all_succeed_once_when_one_replica_is_
         for job in jobs:
             logs = sorted(p.name for p in (data_dir / "jobs" / job.id).glob("attempt-*.log"))
             assert logs == ["attempt-1.log"]
-            _assert_complete_unique_events(survivor, job.id)
+            _assert_complete_unique_events(survivor, job.id, job.hyperparameters.n_epochs * STEPS // 2)
     finally:
         for r in replicas:
             r.stop(signal.SIGKILL)
         _kill_trainers(data_dir)
+
+
+def _create(client, i: int, epochs: int = HP["n_epochs"]):
+    train = upload(client, chat_rows(10, offset=i))
+    return client.fine_tuning.jobs.create(model="tiny", training_file=train, seed=7,
+                                          hyperparameters={**HP, "n_epochs": epochs})
 
 
 def _running(client) -> int:

@@ -7,7 +7,9 @@ behind, and goes through once the storage has room again."""
 from __future__ import annotations
 
 import io
+import os
 import resource
+import signal
 import time
 
 import httpx
@@ -88,3 +90,35 @@ def test_an_upload_that_cannot_be_stored_is_a_507_that_leaves_nothing_and_works_
     assert done.status == "completed" and client.files.content(done.file.id).content == data
     assert client.files.create(file=("big.jsonl", io.BytesIO(data)), purpose="fine-tune").bytes == len(data)
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_bytes_a_killed_service_left_without_a_row_are_removed_when_it_starts_again(server):
+    client = server.client()
+    kept = upload(client, chat_rows(10))
+    gone = upload(client, chat_rows(10, offset=5))
+    client.files.delete(gone)
+    up = client.uploads.create(bytes=4, filename="a.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    client.uploads.complete(up.id, part_ids=[client.uploads.parts.create(up.id, data=b"{}\n\n").id])
+    pending = client.uploads.create(bytes=4, filename="b.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+    client.uploads.parts.create(pending.id, data=b"{}\n\n")
+    server.stop(signal.SIGKILL)
+    # What a kill between the two writes leaves: bytes whose row never came, a deleted file's bytes, the parts of
+    # a completed upload; and an upload just written by another replica (recent: its row may still come).
+    blobs = server.data_dir / "blobs"
+    hour_ago = time.time() - 3700
+    for name in ("file_orphan", gone):
+        (blobs / name).write_bytes(b"{}\n")
+        os.utime(blobs / name, (hour_ago, hour_ago))
+    (blobs / "file_recent").write_bytes(b"{}\n")
+    (blobs / "uploads" / up.id).mkdir(parents=True, exist_ok=True)
+    (blobs / "uploads" / up.id / "part-stray").write_bytes(b"{}\n")
+    os.utime(blobs / kept, (hour_ago, hour_ago))
+
+    client = server.start().client()
+    deadline = time.time() + 30
+    while (blobs / "file_orphan").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    left = stored_blobs(server)
+    assert "file_orphan" not in left and gone not in left and not any(k.startswith(f"uploads/{up.id}") for k in left)
+    assert {"file_recent", kept} <= set(left) and any(k.startswith(f"uploads/{pending.id}/") for k in left)
+    assert client.files.content(kept).content == jsonl(chat_rows(10))

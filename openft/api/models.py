@@ -61,7 +61,9 @@ def list_mka1_models(who: Scope = Depends(scope), svc: Services = Depends(servic
 
 
 @router.get("/{model:path}/export", response_class=FileResponse,
-            responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}}})
+            responses={200: {"content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+                       403: {"description": "The model is or was trained on a model another organization shared: "
+                                            "it may be sampled and trained on, not exported."}})
 def export_model(model: str, format: str = "merged", who: Scope = Depends(scope), svc: Services = Depends(services)):
     """The fine-tuned model as a .tar.gz: its LoRA adapter (format=adapter) or a merged Hugging Face folder."""
     ref = models.resolve(svc.store, svc.settings, who.org, model)

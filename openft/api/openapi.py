@@ -3,7 +3,9 @@ really answers:
 
 - every operation documents the errors any request can get, in OpenAI's envelope ``ErrorResponse``: 400 (an
   invalid request — the service never answers FastAPI's 422), 401 (no or a wrong API key), 404, 409, 413 (a body
-  over its limit) and 429 (too many requests in progress, with ``Retry-After``);
+  over its limit), 429 (too many requests in progress, with ``Retry-After``) and 507 (storage failed: a full disk,
+  an object store refusing a write, an I/O error; what the request sent was not kept); a route's own further
+  errors (an export's 403) are declared on the route and given the same envelope here;
 - the API key is declared as a bearer security scheme;
 - a route that parses its own body (chat completions) names a protocol model with ``json_body``, whose JSON schema
   becomes the operation's request body here;
@@ -42,6 +44,8 @@ ERRORS = {
     "409": "The request conflicts with the object's state (a job's status, a model in use).",
     "413": "The request body is larger than its limit.",
     "429": "Too many requests of this organization in progress: retry after `Retry-After` seconds.",
+    "507": "The service's storage failed (a full disk, an object store refusing a write, an I/O error): nothing the "
+           "request sent was kept; retry once space is freed.",
 }
 _BODIES: dict[str, type[BaseModel]] = {}
 
@@ -84,6 +88,9 @@ def finish(document: dict) -> dict:
             responses.pop("422", None)
             for status, description in ERRORS.items():
                 responses.setdefault(status, {"description": description, **error})
+            for status, response in responses.items():  # a route's own errors (an export's 403)
+                if status.startswith("4") and "content" not in response:
+                    response.update(error)
     _link_creates(document["paths"], schemas)
     return document
 
