@@ -62,6 +62,11 @@ def _postgres_database():
         admin.dispose()
 
 
+# For a test whose subject is training (exactness, recovery, a client's view), not the store: the store's writes on
+# both backends are covered by the API suites, so it runs once, on SQLite.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request, tmp_path):
     if request.param == "sqlite":

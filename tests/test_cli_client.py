@@ -11,9 +11,10 @@ import sys
 
 import pytest
 
+from tests.conftest import sqlite_only
 from tests.helpers import chat_rows, jsonl
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a client: the backend is moot
+pytestmark = sqlite_only  # a client: the backend is moot
 
 
 def openft(server, *args: str, check: bool = True) -> subprocess.CompletedProcess:

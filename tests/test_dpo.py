@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import sqlite_only
 from tests.helpers import all_events, chat_rows, preference_rows, step_losses, upload, wait_for, wait_for_step
 from tests.test_lifecycle import assert_valid_job
 
@@ -26,6 +27,7 @@ def final_adapter(server, job_id: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("prefix", ["/v1", "/api/v1/llm"])
+@sqlite_only
 def test_dpo_job_paused_and_resumed_equals_an_uninterrupted_run(make_server, prefix):
     server = make_server().start()
     client = server.client(prefix)
@@ -91,6 +93,7 @@ def test_a_chat_file_for_a_dpo_job_fails_validation_with_the_line(make_server):
     assert "line 1" in failed.error.message.lower()
 
 
+@sqlite_only
 def test_sft_then_dpo_on_its_fine_tuned_model_which_outlives_the_deleted_parent(make_server):
     server = make_server().start()
     client = server.client()

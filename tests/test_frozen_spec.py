@@ -9,12 +9,13 @@ import signal
 
 import pytest
 
+from tests.conftest import sqlite_only
 from tests.helpers import chat_rows, step_losses, upload, wait_for, wait_for_step
 
 HP = {"n_epochs": 2, "batch_size": 1}  # 40 steps: long enough that the pause lands mid-job on a busy machine
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # what is tested here is not in SQL
+@sqlite_only  # what is tested here is not in SQL
 def test_settings_changed_between_pause_and_resume_do_not_change_the_job(make_server):
     server = make_server().start()
     client = server.client()

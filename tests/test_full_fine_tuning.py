@@ -10,11 +10,13 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import sqlite_only
 from tests.helpers import chat_rows, upload, wait_for
 
 QUESTION = [{"role": "user", "content": "What is item number 3?"}]
 
 
+@sqlite_only
 def test_a_fully_fine_tuned_model_is_sampled_exported_and_trained_on(make_server):
     server = make_server(full_fine_tuning="true").start()
     client = server.client()

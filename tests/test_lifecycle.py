@@ -15,6 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import sqlite_only
 from tests.helpers import all_events, chat_rows, upload, wait_for, wait_for_step
 
 
@@ -148,6 +149,7 @@ def assert_no_checkpoints_soon(client, checkpoint_dir: Path, job_id: str) -> Non
     raise AssertionError("checkpoints of a cancelled job were kept")
 
 
+@sqlite_only
 def test_the_readme_quickstart_runs_against_the_service(make_server):
     """The quickstart script (the README's code, see test_boundaries) end to end, on the tiny model instead of
     SmolLM2 and with faster polling: upload, create, pause mid-training, resume, succeed, print the results."""

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.chaos import rerun_steps, trainer_pids
+from tests.conftest import sqlite_only
 from tests.helpers import all_events, chat_rows, step_losses, upload, wait_for, wait_for_step
 
 HP = {"n_epochs": 3, "batch_size": 1}  # 24 examples: 24 steps an epoch, 72 in all
@@ -36,6 +37,7 @@ def assert_same_run(server, client, reference_id: str, job_id: str) -> None:
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+@sqlite_only
 def test_pause_mid_epoch_then_resume_matches_an_uninterrupted_run(server):
     client = server.client()
     reference = start_job(client)
@@ -53,6 +55,7 @@ def test_pause_mid_epoch_then_resume_matches_an_uninterrupted_run(server):
     assert_same_run(server, client, reference.id, job.id)
 
 
+@sqlite_only
 def test_worker_killed_with_sigkill_resumes_from_its_last_checkpoint_and_matches(server):
     client = server.client()
     reference = start_job(client)
@@ -92,6 +95,7 @@ def test_restarting_the_service_mid_training_loses_nothing_and_the_job_finishes(
     assert len([m for m in events if m.message == "The job has successfully completed"]) == 1
 
 
+@sqlite_only
 def test_a_broken_base_model_fails_the_job_with_the_trainers_error(make_server, tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
@@ -105,6 +109,7 @@ def test_a_broken_base_model_fails_the_job_with_the_trainers_error(make_server, 
     assert any(e.level == "error" for e in all_events(client, job.id))
 
 
+@sqlite_only
 def test_a_worker_that_keeps_dying_is_retried_a_bounded_number_of_times_then_fails(make_server):
     server = make_server(max_attempts=3, trainer_python="/bin/false")  # every attempt exits at once, no result
     client = server.start().client()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.conftest import sqlite_only
 from tests.helpers import FUZZY_GRADER, all_events, reinforcement_rows, upload, wait_for, wait_for_step
 from tests.test_lifecycle import assert_valid_job
 
@@ -38,6 +39,7 @@ def test_create_checks_the_grader_and_the_hyperparameters(make_server):
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.name == "close"
 
 
+@sqlite_only
 def test_rft_job_paused_and_resumed_equals_an_uninterrupted_run(make_server):
     server = make_server().start()
     client = server.client()

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from wandb.proto import wandb_internal_pb2 as pb
 
+from tests.conftest import sqlite_only
 from tests.helpers import chat_rows, step_losses, upload, wait_for, wait_for_step
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the trainer's side: no SQL in it
+pytestmark = sqlite_only  # the trainer's side: no SQL in it
 
 
 def read_run(path: Path) -> list:
