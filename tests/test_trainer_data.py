@@ -158,3 +158,17 @@ def test_a_packed_batch_scores_like_its_examples_scored_one_by_one(tiny_model, t
     assert packed.tokens == sum(s.tokens for s in alone)
     assert packed.correct == sum(s.correct for s in alone)
     assert packed.loss_sum == pytest.approx(sum(s.loss_sum for s in alone), rel=1e-5)
+
+
+def test_counting_for_a_dry_run_equals_the_length_of_every_tokenized_row(tokenizer, tmp_path):
+    rows = [TOOL_ROW, {"prompt": "Say hi", "completion": " hi"},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 200}]},
+            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"},
+                          {"role": "assistant", "content": "é ü 漢字", "weight": 0},
+                          {"role": "user", "content": "y"}, {"role": "assistant", "content": "ok"}]}] * 3
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    expected = [(len(example["input_ids"]), cut) for example, cut in data.iter_file(path, tokenizer, max_length=64)]
+    assert list(data.count_file(path, tokenizer, max_length=64, batch=5)) == expected  # batches cut across rows
+    assert 0 < sum(cut for _, cut in expected) < len(expected) == 12  # some rows cut, some not

@@ -35,6 +35,7 @@ Rows have been validated by the service; this module assumes a valid structure.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,26 @@ def iter_file(path: str | Path, tokenizer, max_length: int | None) -> Iterator[t
             yield {key: ids[:max_length] for key, ids in example.items()}, True
         else:
             yield example, False
+
+
+def count_file(path: str | Path, tokenizer, max_length: int | None, batch: int = 256) -> Iterator[tuple[int, bool]]:
+    """Each row's token count as ``iter_file`` trains it (cut to ``max_length``) and whether it was cut, for a dry
+    run: a conversation is rendered once and encoded in batches, without locating the trained turns (only labels
+    need them), which makes counting several times faster than tokenizing."""
+    rows = read_jsonl(path)
+    while chunk := list(itertools.islice(rows, batch)):
+        # A conversation is one text; a legacy row two (prompt and completion, tokenized apart, then EOS).
+        parts = [[_render_whole(row, tokenizer)] if "messages" in row else [row["prompt"], row["completion"]]
+                 for row in chunk]
+        encoded = iter(tokenizer([text for texts in parts for text in texts], add_special_tokens=False)["input_ids"])
+        for texts in parts:
+            n = sum(len(next(encoded)) for _ in texts) + (len(texts) == 2)
+            yield (max_length, True) if max_length is not None and n > max_length else (n, False)
+
+
+def _render_whole(row: dict, tokenizer) -> str:
+    messages, tools = to_template_messages(row, native_tools=template_renders_tools(tokenizer))
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
 
 
 def _collect(items: Iterator[tuple[dict, bool]]) -> tuple[list[dict], int]:

@@ -32,10 +32,10 @@ def count(method: str, path: str, tokenizer, max_length: int, spec: dict) -> dic
         _, completion = generation_settings(spec)
         rows = data.iter_prompt_file(path, tokenizer, max_length - completion)
     else:
-        rows = data.iter_file(path, tokenizer, max_length)
+        rows = data.count_file(path, tokenizer, max_length)
     n_examples = n_tokens = truncated = longest = 0
-    for row, cut in rows:  # one row at a time: memory does not grow with the file
-        tokens = _tokens(row)
+    for row, cut in rows:  # a row (or its count) at a time: memory does not grow with the file
+        tokens = row if isinstance(row, int) else _tokens(row)
         n_examples, n_tokens, truncated, longest = n_examples + 1, n_tokens + tokens, truncated + cut, max(longest, tokens)
     return {"n_examples": n_examples, "n_tokens": n_tokens, "n_truncated": truncated, "max_example_tokens": longest}
 
