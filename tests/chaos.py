@@ -211,8 +211,10 @@ def judge(client: OpenAI, data_dir: Path, pair: Pair) -> list[str]:
 
 
 def rerun_steps(data_dir: Path, job_id: str) -> list[int]:
-    """Steps the job's trainers reported more than once in its events file (run again after a kill)."""
-    steps = [json.loads(line)["data"]["step"] for line in (data_dir / "jobs" / job_id / "events.jsonl").open()
+    """Steps the job's trainers reported more than once in its events file (run again after a kill); none for a job
+    that never trained (cancelled while queued)."""
+    log = data_dir / "jobs" / job_id / "events.jsonl"
+    steps = [json.loads(line)["data"]["step"] for line in (log.open() if log.exists() else [])
              if '"kind":"metrics"' in line]
     return sorted({s for s in steps if steps.count(s) > 1})
 
