@@ -86,6 +86,9 @@ def test_webhooks_are_signed_retried_and_survive_a_restart(make_server):
     train = upload(client, chat_rows(12))
     parked = client.fine_tuning.jobs.create(model="tiny", training_file=train)
     client.fine_tuning.jobs.pause(parked.id)
+    # Paused before queued, or (if the scheduler started it first) pausing, then paused at a checkpoint: either way
+    # a `paused` webhook is owed before the cancel.
+    wait_for(client, parked.id, "paused")
     client.fine_tuning.jobs.cancel(parked.id)
     done = client.fine_tuning.jobs.create(model="tiny", training_file=train,
                                           hyperparameters={"n_epochs": 1, "batch_size": 4})
