@@ -100,7 +100,8 @@ class Blobs:
             self.fs.rm(self._path(key), recursive=True)
 
     def entries(self, folder: str = "") -> list[tuple[str, float | None]]:
-        """(key, last-modified time or None for a folder) of what lies directly under ``folder``."""
+        """(key, last-modified time, or None for a folder or a time the store does not give) of what lies directly
+        under ``folder``."""
         base = self._path(folder) if folder else self.root
         if not self.fs.exists(base):
             return []
@@ -133,10 +134,12 @@ class Blobs:
         return removed
 
 
-def _modified(entry: dict) -> float:
+def _modified(entry: dict) -> float | None:
     """An fsspec listing entry's modification time (a local file's ``mtime``, an object's ``LastModified``)."""
     when = entry.get("mtime", entry.get("LastModified", entry.get("last_modified")))
-    return when.timestamp() if hasattr(when, "timestamp") else float(when or 0)
+    if when is None:
+        return None  # unknown: never taken for old
+    return when.timestamp() if hasattr(when, "timestamp") else float(when)
 
 
 def storage_fault(exc: BaseException) -> StorageFull | None:

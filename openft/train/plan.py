@@ -25,19 +25,23 @@ def count(method: str, path: str, tokenizer, max_length: int, spec: dict) -> dic
     from openft.train import data
 
     if method == "dpo":
-        rows = data.iter_preference_file(path, tokenizer, max_length)
+        counts = _counted(data.iter_preference_file(path, tokenizer, max_length))
     elif method == "reinforcement":
         from openft.train.rft import generation_settings
 
         _, completion = generation_settings(spec)
-        rows = data.iter_prompt_file(path, tokenizer, max_length - completion)
+        counts = _counted(data.iter_prompt_file(path, tokenizer, max_length - completion))
     else:
-        rows = data.count_file(path, tokenizer, max_length)
+        counts = data.count_file(path, tokenizer, max_length)
     n_examples = n_tokens = truncated = longest = 0
-    for row, cut in rows:  # a row (or its count) at a time: memory does not grow with the file
-        tokens = row if isinstance(row, int) else _tokens(row)
+    for tokens, cut in counts:  # a row at a time: memory does not grow with the file
         n_examples, n_tokens, truncated, longest = n_examples + 1, n_tokens + tokens, truncated + cut, max(longest, tokens)
     return {"n_examples": n_examples, "n_tokens": n_tokens, "n_truncated": truncated, "max_example_tokens": longest}
+
+
+def _counted(rows):
+    """(tokens, truncated) of each tokenized row."""
+    return ((_tokens(row), cut) for row, cut in rows)
 
 
 def _tokens(row: dict) -> int:
